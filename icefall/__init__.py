@@ -1,0 +1,1 @@
+"""zipformer-adapter's library: icefall-compatible Zipformer transducers with adapters."""

@@ -1,0 +1,118 @@
+"""Small helpers shared by the library and the recipes.
+
+Dimension legend: N = batch size, T = frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+
+class AttributeDict(dict):
+    """A dict whose keys are also attributes: ``params.encoder_dim``.
+
+    Recipes keep their configuration in one of these, as icefall does.
+    """
+
+    def __getattr__(self, key: str):
+        try:
+            return self[key]
+        except KeyError as e:
+            raise AttributeError(f"No attribute '{key}'") from e
+
+    def __setattr__(self, key: str, value) -> None:
+        self[key] = value
+
+    def __delattr__(self, key: str) -> None:
+        try:
+            del self[key]
+        except KeyError as e:
+            raise AttributeError(f"No attribute '{key}'") from e
+
+
+def str2bool(v: str | bool) -> bool:
+    """argparse ``type=`` for 0/1 flags: accepts 1/0, true/false, yes/no, y/n, t/f."""
+    if isinstance(v, bool):
+        return v
+    s = v.strip().lower()
+    if s in ("1", "true", "t", "yes", "y"):
+        return True
+    if s in ("0", "false", "f", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (0/1, true/false), got '{v}'")
+
+
+def to_int_tuple(s: str | int | Iterable[int], name: str = "value") -> tuple[int, ...]:
+    """Parses a per-stack flag such as ``"2,2,3,4,3,2"`` into ``(2, 2, 3, 4, 3, 2)``.
+
+    Raises:
+      ValueError: naming ``name`` when an element is not an integer.
+    """
+    if isinstance(s, int):
+        return (s,)
+    if isinstance(s, str):
+        parts = [p.strip() for p in s.split(",") if p.strip() != ""]
+    else:
+        parts = list(s)
+    try:
+        return tuple(int(p) for p in parts)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--{name.replace('_', '-')}: expected comma-separated integers, "
+                         f"got '{s}'") from e
+
+
+def make_pad_mask(lengths: torch.Tensor, max_len: int = 0) -> torch.Tensor:
+    """Mask of padded positions.
+
+    Args:
+      lengths: (N,) number of valid frames per sequence.
+      max_len: width of the mask; at least ``lengths.max()``.
+    Returns:
+      (N, T) bool, True at padded positions (t >= lengths[n]).
+    """
+    if lengths.ndim != 1:
+        raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
+    max_len = max(max_len, int(lengths.max()) if lengths.numel() > 0 else 0)
+    t = torch.arange(max_len, device=lengths.device)
+    return t.unsqueeze(0) >= lengths.unsqueeze(1)
+
+
+def setup_logger(log_filename: str | Path | None = None, log_level: str = "info",
+                 rank: int = 0) -> None:
+    """icefall-style logging to stderr and, when given, to ``log_filename``.
+
+    Each rank of a distributed run logs to ``<log_filename>-<rank>``.
+    """
+    fmt = "%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s"
+    if rank > 0:
+        fmt = f"%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] ({rank}) %(message)s"
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_filename is not None:
+        path = Path(f"{log_filename}-{rank}" if rank > 0 else log_filename)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(path, mode="a"))
+    logging.basicConfig(level=getattr(logging, log_level.upper()), format=fmt,
+                        handlers=handlers, force=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))

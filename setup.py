@@ -1,0 +1,34 @@
+"""Installs the ``icefall`` library of zipformer-adapter (``pip install -e .``)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="zipformer-adapter",
+    version="0.1.0",
+    description=(
+        "Adapter fine-tuning of icefall Zipformer transducers: train residual "
+        "bottleneck adapters on a frozen base, decode with adapters on or off, "
+        "export to ONNX."
+    ),
+    python_requires=">=3.10",
+    packages=find_packages(include=["icefall", "icefall.*"]),
+    install_requires=[
+        # Any torch >= 2.1 works; the Makefile installs the local CPU wheel first
+        # so that this range is already satisfied.
+        "torch>=2.1",
+        "lhotse>=1.24",
+        "urllib3>=1.26",
+        "sentencepiece>=0.2.0",
+        "kaldialign>=0.9",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "soundfile>=0.12",
+        "tensorboard>=2.14",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        # Optional accelerators: used when importable, never required.
+        "k2": ["k2"],
+        "kaldifeat": ["kaldifeat"],
+    },
+)
