@@ -1,0 +1,37 @@
+"""Zipformer2 transducer with residual adapters, icefall-compatible.
+
+Modules: scaling (primitives), subsampling (frontend), attention, layer, encoder,
+adapters, decoder, joiner, model (AsrModel), build (flags and get_model).
+"""
+
+from icefall.zipformer.adapters import (
+    Adapter,
+    ResidualAdapter,
+    adapter_parameter_names,
+    adapter_state_dict,
+    adapters_disabled,
+    add_adapters,
+    count_parameters,
+    freeze_all_but_adapters,
+    has_adapters,
+    iter_adapters,
+    load_adapter_state_dict,
+    set_adapter_training,
+    set_adapters_enabled,
+)
+from icefall.zipformer.build import (
+    MODEL_DEFAULTS,
+    add_adapter_arguments,
+    add_model_arguments,
+    get_model,
+    model_config,
+)
+from icefall.zipformer.model import AsrModel
+
+__all__ = [
+    "MODEL_DEFAULTS", "Adapter", "AsrModel", "ResidualAdapter", "adapter_parameter_names",
+    "adapter_state_dict", "adapters_disabled", "add_adapter_arguments", "add_adapters",
+    "add_model_arguments", "count_parameters", "freeze_all_but_adapters", "get_model",
+    "has_adapters", "iter_adapters", "load_adapter_state_dict", "model_config",
+    "set_adapter_training", "set_adapters_enabled",
+]

@@ -1,0 +1,160 @@
+"""Model flags shared by train, decode and export, and ``get_model(params)``.
+
+Flag names and defaults are icefall's (egs/librispeech/ASR/zipformer_adapter/train.py),
+so recipes and checkpoints move between the two toolkits unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from icefall.utils import AttributeDict, str2bool, to_int_tuple
+from icefall.zipformer.adapters import add_adapters
+from icefall.zipformer.decoder import Decoder
+from icefall.zipformer.encoder import Zipformer2
+from icefall.zipformer.joiner import Joiner
+from icefall.zipformer.model import AsrModel
+from icefall.zipformer.scaling import ScheduledFloat
+from icefall.zipformer.subsampling import Conv2dSubsampling
+
+# Per-stack flags: a comma-separated string with one value or one per stack.
+PER_STACK_FLAGS = (
+    "num_encoder_layers", "downsampling_factor", "feedforward_dim", "num_heads",
+    "encoder_dim", "query_head_dim", "value_head_dim", "pos_head_dim",
+    "encoder_unmasked_dim", "cnn_module_kernel",
+)
+
+# Every value get_model reads, with icefall's defaults. Checkpoints store these.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "num_encoder_layers": "2,2,3,4,3,2",
+    "downsampling_factor": "1,2,4,8,4,2",
+    "feedforward_dim": "512,768,1024,1536,1024,768",
+    "num_heads": "4,4,4,8,4,4",
+    "encoder_dim": "192,256,384,512,384,256",
+    "query_head_dim": "32",
+    "value_head_dim": "12",
+    "pos_head_dim": "4",
+    "pos_dim": 48,
+    "encoder_unmasked_dim": "192,192,256,256,256,192",
+    "cnn_module_kernel": "31,31,15,15,15,31",
+    "decoder_dim": 512,
+    "joiner_dim": 512,
+    "causal": False,
+    "chunk_size": "16,32,64,-1",
+    "left_context_frames": "64,128,256,-1",
+    "use_transducer": True,
+    "use_ctc": False,
+    "use_adapters": False,
+    "adapter_dim": 16,
+    "feature_dim": 80,
+    "vocab_size": 500,
+    "blank_id": 0,
+    "context_size": 2,
+}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Zipformer model flags (icefall names and defaults), plus --context-size."""
+    d = MODEL_DEFAULTS
+    for flag in PER_STACK_FLAGS:
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=str, default=d[flag],
+                            help="Comma-separated, one value per encoder stack (or one for all).")
+    parser.add_argument("--pos-dim", type=int, default=d["pos_dim"],
+                        help="Positional-encoding embedding dimension.")
+    parser.add_argument("--decoder-dim", type=int, default=d["decoder_dim"],
+                        help="Embedding dimension of the decoder (prediction network).")
+    parser.add_argument("--joiner-dim", type=int, default=d["joiner_dim"],
+                        help="Dimension the joiner projects encoder and decoder outputs to.")
+    parser.add_argument("--causal", type=str2bool, default=d["causal"],
+                        help="1 for a chunk-causal (streaming-capable) model.")
+    parser.add_argument("--chunk-size", type=str, default=d["chunk_size"],
+                        help="Chunk sizes (frames after the frontend) drawn in training; "
+                             "the first is used in eval. -1 means full attention.")
+    parser.add_argument("--left-context-frames", type=str, default=d["left_context_frames"],
+                        help="Left-context lengths (frames) drawn in training, per chunk size.")
+    parser.add_argument("--use-transducer", type=str2bool, default=d["use_transducer"],
+                        help="1 to use the transducer head.")
+    parser.add_argument("--use-ctc", type=str2bool, default=d["use_ctc"],
+                        help="1 to add a CTC head.")
+    parser.add_argument("--context-size", type=int, default=d["context_size"],
+                        help="Decoder context: 1 is bigram, 2 is trigram.")
+
+
+def add_adapter_arguments(parser: argparse.ArgumentParser,
+                          use_adapters_default: bool = True) -> None:
+    """--use-adapters and --adapter-dim (the zipformer_adapter recipe's flags)."""
+    parser.add_argument("--use-adapters", type=str2bool, default=use_adapters_default,
+                        help="1 to insert residual adapters into every encoder layer (and "
+                             "use them); 0 runs the base model, even from an adapter "
+                             "checkpoint.")
+    parser.add_argument("--adapter-dim", type=int, default=MODEL_DEFAULTS["adapter_dim"],
+                        help="Bottleneck dimension of each adapter.")
+
+
+def model_config(params: Mapping[str, Any] | argparse.Namespace) -> dict[str, Any]:
+    """The model-construction values of ``params`` as plain types (for checkpoints).
+
+    Missing keys take icefall's defaults.
+    """
+    src = vars(params) if isinstance(params, argparse.Namespace) else params
+    cfg = {}
+    for key, default in MODEL_DEFAULTS.items():
+        value = src.get(key, default)
+        cfg[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+    return cfg
+
+
+def _tuple(cfg: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    return to_int_tuple(cfg[key], key)
+
+
+def get_encoder_model(cfg: Mapping[str, Any]) -> Zipformer2:
+    """The Zipformer2 encoder described by ``cfg`` (see MODEL_DEFAULTS)."""
+    return Zipformer2(
+        output_downsampling_factor=2,
+        downsampling_factor=_tuple(cfg, "downsampling_factor"),
+        num_encoder_layers=_tuple(cfg, "num_encoder_layers"),
+        encoder_dim=_tuple(cfg, "encoder_dim"),
+        encoder_unmasked_dim=_tuple(cfg, "encoder_unmasked_dim"),
+        query_head_dim=_tuple(cfg, "query_head_dim"),
+        pos_head_dim=_tuple(cfg, "pos_head_dim"),
+        value_head_dim=_tuple(cfg, "value_head_dim"),
+        pos_dim=int(cfg["pos_dim"]),
+        num_heads=_tuple(cfg, "num_heads"),
+        feedforward_dim=_tuple(cfg, "feedforward_dim"),
+        cnn_module_kernel=_tuple(cfg, "cnn_module_kernel"),
+        dropout=ScheduledFloat((0.0, 0.3), (20000.0, 0.1)),
+        warmup_batches=4000.0,
+        causal=bool(cfg["causal"]),
+        chunk_size=_tuple(cfg, "chunk_size"),
+        left_context_frames=_tuple(cfg, "left_context_frames"),
+    )
+
+
+def get_model(params: Mapping[str, Any] | argparse.Namespace) -> AsrModel:
+    """Builds the transducer from icefall-named values (an AttributeDict, dict or Namespace).
+
+    With ``use_adapters`` true, every encoder layer gets four fresh adapters of
+    ``adapter_dim``.
+    """
+    cfg = AttributeDict(model_config(params))
+    encoder_dims = _tuple(cfg, "encoder_dim")
+    encoder_embed = Conv2dSubsampling(in_channels=int(cfg.feature_dim),
+                                      out_channels=encoder_dims[0],
+                                      dropout=ScheduledFloat((0.0, 0.3), (20000.0, 0.1)))
+    encoder = get_encoder_model(cfg)
+    decoder = joiner = None
+    if cfg.use_transducer:
+        decoder = Decoder(vocab_size=int(cfg.vocab_size), decoder_dim=int(cfg.decoder_dim),
+                          blank_id=int(cfg.blank_id), context_size=int(cfg.context_size))
+        joiner = Joiner(encoder_dim=max(encoder_dims), decoder_dim=int(cfg.decoder_dim),
+                        joiner_dim=int(cfg.joiner_dim), vocab_size=int(cfg.vocab_size))
+    model = AsrModel(encoder_embed=encoder_embed, encoder=encoder, decoder=decoder,
+                     joiner=joiner, encoder_dim=max(encoder_dims),
+                     decoder_dim=int(cfg.decoder_dim), vocab_size=int(cfg.vocab_size),
+                     use_transducer=bool(cfg.use_transducer), use_ctc=bool(cfg.use_ctc))
+    if cfg.use_adapters:
+        add_adapters(model, int(cfg.adapter_dim))
+    return model
