@@ -1,0 +1,237 @@
+"""Checkpoints in icefall's format, loadable with ``torch.load(..., weights_only=True)``.
+
+A checkpoint is a dict with ``model`` (state dict), ``model_avg``, ``optimizer``,
+``scheduler``, ``grad_scaler``, ``sampler``, ``params`` (plain values: the model
+construction arguments under ``params["model"]`` plus training counters) and ``rng``.
+Files are written atomically: a temporary file in the same folder, then a rename.
+
+Files holding pickled Python objects (icefall's own ``epoch-N.pt`` stores ``params`` as
+an AttributeDict) are refused with an explanation unless the caller opts in for files
+they trust; icefall's ``pretrained.pt`` (``{"model": state_dict}``) loads safely.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import pickle
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the model."""
+
+
+def save_checkpoint(filename: str | Path, **content: Any) -> None:
+    """Saves ``content`` (plain types and tensors only) atomically to ``filename``.
+
+    Values that are modules, optimizers, schedulers or samplers are replaced by their
+    ``state_dict()``; None values are kept as None.
+    """
+    filename = Path(filename)
+    data = {k: (v.state_dict() if hasattr(v, "state_dict") else v) for k, v in content.items()}
+    filename.parent.mkdir(parents=True, exist_ok=True)
+    tmp = filename.with_name(f".{filename.name}.tmp{os.getpid()}")
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, filename)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint_file(filename: str | Path, allow_unsafe: bool = False) -> dict[str, Any]:
+    """Reads a checkpoint with ``weights_only=True``.
+
+    Args:
+      filename: the .pt file.
+      allow_unsafe: also accept files that need full unpickling (only for trusted files).
+    Raises:
+      CheckpointError: the file is missing, corrupt, not a dict, or holds Python objects
+        and ``allow_unsafe`` is False.
+    """
+    path = Path(filename)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not allow_unsafe:
+            raise CheckpointError(
+                f"{path} stores Python objects, so it only loads with full unpickling, which "
+                "can run arbitrary code (icefall's own epoch-N.pt keeps params as an "
+                "AttributeDict). Load it only if you trust it: pass --trust-checkpoint 1, or "
+                "keep only its model weights: torch.save({'model': ckpt['model']}, ...)"
+            ) from e
+        data = _load_trusted(path)
+    except Exception as e:  # noqa: BLE001 - any read/format failure is reported the same way
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dict (got {type(data)})")
+    return data
+
+
+def _load_trusted(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # user opted in
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
+def model_state_from(data: Mapping[str, Any], path: str | Path, key: str = "model"
+                     ) -> dict[str, Tensor]:
+    """The state dict stored under ``key`` (icefall's files keep the model under "model")."""
+    state = data.get(key)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} has no '{key}' state dict (keys: {sorted(data)})")
+    return dict(state)
+
+
+def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], path: str | Path,
+                          allowed_missing: Iterable[str] = ()) -> None:
+    """Raises CheckpointError naming the first key whose shape differs, or that is
+    missing (other than ``allowed_missing``) or unexpected."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise CheckpointError(f"{path}: unexpected key '{key}' (not in the model built "
+                                  "from the given flags)")
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"{path}: key '{key}' has shape {tuple(value.shape)} in the "
+                                  f"checkpoint but {tuple(own[key].shape)} in the model built "
+                                  "from the given flags")
+    allowed = set(allowed_missing)
+    missing = [k for k in own if k not in state and k not in allowed]
+    if missing:
+        raise CheckpointError(f"{path}: missing key '{missing[0]}' ({len(missing)} missing); "
+                              "do the model flags match the checkpoint?")
+
+
+def load_model_state(model: nn.Module, filename: str | Path, key: str = "model",
+                     allowed_missing: Iterable[str] = (), allow_unsafe: bool = False
+                     ) -> dict[str, Any]:
+    """Loads ``filename``'s ``key`` state dict into model after checking it fits.
+
+    Returns:
+      The whole checkpoint dict (for optimizer, scheduler, ... state).
+    """
+    data = load_checkpoint_file(filename, allow_unsafe=allow_unsafe)
+    state = model_state_from(data, filename, key)
+    allowed = list(allowed_missing)
+    check_state_dict_fits(model, state, filename, allowed)
+    model.load_state_dict(state, strict=not allowed)
+    return data
+
+
+def average_state_dicts(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Element-wise mean of state dicts (floating tensors; others taken from the first).
+
+    Sums in float64 so that averaging many checkpoints adds no rounding drift.
+    """
+    if not states:
+        raise ValueError("no state dicts to average")
+    out: dict[str, Tensor] = {}
+    for key, first in states[0].items():
+        if not first.is_floating_point():
+            out[key] = first.clone()
+            continue
+        acc = torch.zeros(first.shape, dtype=torch.float64)
+        for s in states:
+            acc += s[key].double()
+        out[key] = (acc / len(states)).to(first.dtype)
+    return out
+
+
+def average_checkpoints(filenames: Sequence[str | Path], key: str = "model",
+                        allow_unsafe: bool = False) -> dict[str, Tensor]:
+    """Mean of the ``key`` state dicts of ``filenames`` (icefall's --avg without
+    --use-averaged-model)."""
+    states = [model_state_from(load_checkpoint_file(f, allow_unsafe), f, key)
+              for f in filenames]
+    return average_state_dicts(states)
+
+
+def average_checkpoints_with_averaged_model(filename_start: str | Path,
+                                            filename_end: str | Path,
+                                            allow_unsafe: bool = False) -> dict[str, Tensor]:
+    """The average of the model over the batches between two checkpoints, from their
+    running averages (icefall's --use-averaged-model 1):
+
+      avg = (avg_end * n_end - avg_start * n_start) / (n_end - n_start)
+
+    with n the ``params["batch_idx_train"]`` stored in each checkpoint.
+    """
+    start = load_checkpoint_file(filename_start, allow_unsafe)
+    end = load_checkpoint_file(filename_end, allow_unsafe)
+    n_start = int(_params(start, filename_start)["batch_idx_train"])
+    n_end = int(_params(end, filename_end)["batch_idx_train"])
+    if n_end <= n_start:
+        raise CheckpointError(f"{filename_end} (batch {n_end}) is not later than "
+                              f"{filename_start} (batch {n_start})")
+    avg_start = model_state_from(start, filename_start, "model_avg")
+    avg_end = model_state_from(end, filename_end, "model_avg")
+    weight_end, weight_start = n_end / (n_end - n_start), -n_start / (n_end - n_start)
+    out: dict[str, Tensor] = {}
+    for k, v in avg_end.items():
+        if v.is_floating_point():
+            out[k] = (v.double() * weight_end + avg_start[k].double() * weight_start).to(v.dtype)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def _params(data: Mapping[str, Any], path: str | Path) -> Mapping[str, Any]:
+    params = data.get("params")
+    if not isinstance(params, Mapping) or "batch_idx_train" not in params:
+        raise CheckpointError(f"{path} has no params['batch_idx_train']; it was not written "
+                              "by train.py with --average-period")
+    return params
+
+
+def update_averaged_model(model_avg: nn.Module, model: nn.Module, batch_idx_train: int,
+                          average_period: int) -> None:
+    """Running average of the model over all batches so far, updated every
+    ``average_period`` batches: avg = avg * (1 - w) + cur * w, w = period / batch."""
+    weight_cur = average_period / batch_idx_train
+    cur = model.state_dict()
+    with torch.no_grad():
+        for k, v in model_avg.state_dict().items():
+            if v.is_floating_point():
+                v.mul_(1.0 - weight_cur).add_(cur[k].to(v.dtype), alpha=weight_cur)
+
+
+_CKPT_RE = re.compile(r"checkpoint-(\d+)\.pt$")
+
+
+def find_checkpoints(exp_dir: str | Path, iteration: int = 0) -> list[Path]:
+    """``checkpoint-B.pt`` files in exp_dir, newest (largest B) first.
+
+    With ``iteration > 0`` only those with B <= iteration, as ``--iter`` selects them.
+    """
+    found = []
+    for f in glob.glob(str(Path(exp_dir) / "checkpoint-[0-9]*.pt")):
+        m = _CKPT_RE.search(f)
+        if m:
+            found.append((int(m.group(1)), Path(f)))
+    found.sort(reverse=True)
+    if iteration > 0:
+        found = [(b, f) for b, f in found if b <= iteration]
+    return [f for _, f in found]
+
+
+def remove_checkpoints(exp_dir: str | Path, keep_last_k: int) -> list[Path]:
+    """Deletes all but the ``keep_last_k`` newest ``checkpoint-B.pt``; returns the removed."""
+    if keep_last_k <= 0:
+        return []
+    old = find_checkpoints(exp_dir)[keep_last_k:]
+    for f in old:
+        f.unlink(missing_ok=True)
+        logging.info(f"Removed {f}")
+    return old
