@@ -17,6 +17,7 @@ setup(
         # so that this range is already satisfied.
         "torch>=2.1",
         "lhotse>=1.24",
+        "lilcom>=1.7",
         "urllib3>=1.26",
         "sentencepiece>=0.2.0",
         "kaldialign>=0.9",

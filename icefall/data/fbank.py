@@ -1,0 +1,150 @@
+"""80-dim log-mel filterbank features, computed and stored as icefall's data preparation does.
+
+The extractor is lhotse's Kaldi-compatible ``Fbank(FbankConfig(num_mel_bins=80))`` (pure
+PyTorch, no torchaudio needed). When ``kaldifeat`` imports (it is optional and has no wheels
+for current PyTorch), lhotse's ``KaldifeatFbank`` is used instead, on ``device``.
+
+Features are stored with lhotse's ``LilcomChunkyWriter`` (lossy, about 4x smaller) when the
+``lilcom`` package imports, otherwise uncompressed with ``NumpyFilesWriter``; the manifests
+record which, so readers need not know.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+from lhotse import CutSet, Fbank, FbankConfig
+from lhotse.features.base import FeatureExtractor
+from lhotse.features.io import FeaturesWriter, LilcomChunkyWriter, NumpyFilesWriter
+
+from icefall.data.manifests import cuts_filename, feats_dirname, save_cuts
+
+NUM_MEL_BINS = 80
+
+
+def kaldifeat_available() -> bool:
+    """True when the optional ``kaldifeat`` package can be imported."""
+    return importlib.util.find_spec("kaldifeat") is not None
+
+
+def lilcom_available() -> bool:
+    """True when the ``lilcom`` compression package can be imported."""
+    return importlib.util.find_spec("lilcom") is not None
+
+
+def make_fbank_extractor(num_mel_bins: int = NUM_MEL_BINS, use_kaldifeat: bool | None = None,
+                         device: str | torch.device = "cpu") -> FeatureExtractor:
+    """The fbank extractor used for stored and on-the-fly features alike.
+
+    Args:
+      num_mel_bins: feature dimension (80 in icefall's LibriSpeech recipes).
+      use_kaldifeat: None picks kaldifeat when it imports; True requires it.
+      device: where kaldifeat computes (lhotse's Fbank always computes on the CPU here).
+    Returns:
+      A lhotse FeatureExtractor.
+    Raises:
+      ImportError: when ``use_kaldifeat`` is True and kaldifeat does not import.
+    """
+    if use_kaldifeat is None:
+        use_kaldifeat = kaldifeat_available()
+    if use_kaldifeat:
+        if not kaldifeat_available():
+            raise ImportError("use_kaldifeat=True but the 'kaldifeat' package is not installed")
+        from lhotse.features.kaldifeat import KaldifeatFbank, KaldifeatFbankConfig
+
+        config = KaldifeatFbankConfig(device=device)
+        config.mel_opts.num_bins = num_mel_bins
+        return KaldifeatFbank(config)
+    return Fbank(FbankConfig(num_mel_bins=num_mel_bins))
+
+
+def default_storage_type() -> type[FeaturesWriter]:
+    """``LilcomChunkyWriter`` when ``lilcom`` imports, else ``NumpyFilesWriter`` (logged)."""
+    if lilcom_available():
+        return LilcomChunkyWriter
+    logging.warning("'lilcom' is not installed: storing uncompressed features "
+                    "(NumpyFilesWriter); 'pip install lilcom' for LilcomChunkyWriter")
+    return NumpyFilesWriter
+
+
+def _single_threaded_worker() -> None:
+    """Worker initialiser: one torch thread per process, so N jobs use N cores."""
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+
+
+def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,
+                  num_mel_bins: int = NUM_MEL_BINS, use_kaldifeat: bool | None = None,
+                  storage_type: type[FeaturesWriter] | None = None,
+                  progress_bar: bool = True, device: str | torch.device = "cpu",
+                  batch_duration: float = 600.0) -> CutSet:
+    """Computes fbank features of ``cuts`` and stores them under ``storage_path``.
+
+    Args:
+      cuts: cuts with recordings (eager or lazy).
+      storage_path: where the feature arrays go (a file or folder, per ``storage_type``).
+      num_jobs: parallel processes for lhotse's Fbank (one torch thread each). They are
+        spawned, so a script that asks for more than one needs an ``if __name__ ==
+        "__main__":`` guard.
+      num_mel_bins: feature dimension F.
+      use_kaldifeat: see :func:`make_fbank_extractor`.
+      storage_type: a lhotse FeaturesWriter; default :func:`default_storage_type`.
+      progress_bar: show lhotse's progress bar.
+      device: kaldifeat's device.
+      batch_duration: seconds of audio per kaldifeat batch.
+    Returns:
+      The cuts with ``Features`` (F = ``num_mel_bins``, 100 frames per second) attached;
+      cuts whose audio could not be read are dropped (logged).
+    """
+    extractor = make_fbank_extractor(num_mel_bins, use_kaldifeat, device)
+    storage_type = storage_type or default_storage_type()
+    if not isinstance(extractor, Fbank):  # kaldifeat: batched, possibly on a GPU
+        return cuts.compute_and_store_features_batch(
+            extractor=extractor, storage_path=storage_path, batch_duration=batch_duration,
+            num_workers=num_jobs, storage_type=storage_type, overwrite=True)
+    executor = None
+    if num_jobs > 1:
+        executor = ProcessPoolExecutor(num_jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_single_threaded_worker)
+    try:
+        with_feats = cuts.compute_and_store_features(
+            extractor=extractor, storage_path=storage_path, num_jobs=num_jobs,
+            executor=executor, storage_type=storage_type, progress_bar=progress_bar)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    if not cuts.is_lazy and len(with_feats) < len(cuts):
+        logging.warning(f"{len(cuts) - len(with_feats)} of {len(cuts)} cuts were dropped: "
+                        "their audio could not be read")
+    return with_feats
+
+
+def compute_fbank_for_part(cuts: CutSet, output_dir: str | Path, prefix: str, part: str,
+                           num_jobs: int = 1, overwrite: bool = False, **kwargs) -> Path:
+    """Computes features of one corpus part and saves ``<prefix>_cuts_<part>.jsonl.gz``.
+
+    Features go to ``<output_dir>/<prefix>_feats_<part>``. An existing manifest is kept
+    (the stage is skipped, as icefall's ``compute_fbank_*.py`` do) unless ``overwrite``.
+
+    Args:
+      cuts: the part's cuts, with recordings.
+      output_dir: e.g. ``data/fbank``.
+      prefix, part: e.g. ``librispeech`` and ``train-clean-100``.
+      num_jobs: parallel jobs; ``kwargs`` go to :func:`compute_fbank`.
+    Returns:
+      The manifest path.
+    """
+    output_dir = Path(output_dir)
+    manifest = output_dir / cuts_filename(prefix, part)
+    if manifest.is_file() and not overwrite:
+        logging.info(f"{manifest} exists: skipping")
+        return manifest
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with_feats = compute_fbank(cuts, output_dir / feats_dirname(prefix, part),
+                               num_jobs=num_jobs, **kwargs)
+    return save_cuts(with_feats, manifest)

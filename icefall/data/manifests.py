@@ -1,0 +1,119 @@
+"""Manifest file names and checked loading of lhotse CutSets.
+
+icefall names its cut manifests ``<prefix>_cuts_<part>.jsonl.gz`` (e.g.
+``data/fbank/librispeech_cuts_train-clean-100.jsonl.gz``) and its features
+``<prefix>_feats_<part>``. Everything that reads or writes these names goes through here,
+so a missing or unreadable manifest is reported the same way everywhere: one line that
+names the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+from pathlib import Path
+
+from lhotse import CutSet, load_manifest, load_manifest_lazy
+
+MANIFEST_SUFFIX = ".jsonl.gz"
+
+
+class ManifestError(ValueError):
+    """A manifest exists but cannot be used (unreadable, not JSON lines, or empty)."""
+
+
+def cuts_filename(prefix: str, part: str) -> str:
+    """``<prefix>_cuts_<part>.jsonl.gz``; an empty prefix gives ``cuts_<part>.jsonl.gz``."""
+    return f"{prefix}_cuts_{part}{MANIFEST_SUFFIX}" if prefix else f"cuts_{part}{MANIFEST_SUFFIX}"
+
+
+def feats_dirname(prefix: str, part: str) -> str:
+    """``<prefix>_feats_<part>``: where the features of that manifest are stored."""
+    return f"{prefix}_feats_{part}" if prefix else f"feats_{part}"
+
+
+def check_manifest(path: str | Path) -> Path:
+    """Checks that ``path`` is a readable, non-empty JSON-lines manifest.
+
+    Only the first line is read, so this is cheap even for a million cuts.
+
+    Returns:
+      ``path`` as a Path.
+    Raises:
+      FileNotFoundError: naming the file when it does not exist.
+      ManifestError: naming the file when it cannot be read, is empty or is not JSON lines.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise ManifestError(f"cannot read manifest {path}: {e}") from e
+    if not first.strip():
+        raise ManifestError(f"manifest {path} is empty (no cuts)")
+    try:
+        json.loads(first)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"manifest {path} is not a JSON-lines manifest: {e}") from e
+    return path
+
+
+def load_cuts(path: str | Path, lazy: bool = True) -> CutSet:
+    """Loads a CutSet after :func:`check_manifest`.
+
+    Args:
+      path: a ``.jsonl.gz`` (or ``.jsonl``) cut manifest.
+      lazy: open it lazily (read while iterating), as icefall does for training data.
+    Returns:
+      The CutSet (lazy when ``lazy``).
+    """
+    path = check_manifest(path)
+    cuts = load_manifest_lazy(path) if lazy else load_manifest(path)
+    if not isinstance(cuts, CutSet):
+        raise ManifestError(f"manifest {path} holds {type(cuts).__name__}, not cuts")
+    return cuts
+
+
+def find_cuts(manifest_dir: str | Path, part: str, prefixes: tuple[str, ...]) -> Path:
+    """The first of ``<prefix>_cuts_<part>.jsonl.gz`` over ``prefixes`` that exists.
+
+    Used where recipes disagree on a name (icefall's GigaSpeech subset is stored both as
+    ``gigaspeech_cuts_S.jsonl.gz`` and ``cuts_S.jsonl.gz``).
+
+    Raises:
+      FileNotFoundError: listing every name that was tried.
+    """
+    manifest_dir = Path(manifest_dir)
+    candidates = [manifest_dir / cuts_filename(p, part) for p in prefixes]
+    for c in candidates:
+        if c.is_file():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"manifest not found: {tried}")
+
+
+def save_cuts(cuts: CutSet, path: str | Path) -> Path:
+    """Writes ``cuts`` to ``path`` through a temporary file and a rename.
+
+    A crash while writing never leaves a half-written manifest under the final name.
+
+    Returns:
+      ``path`` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the suffix so lhotse picks the same format for the temporary file.
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
+    try:
+        cuts.to_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    logging.info(f"Saved {path}")
+    return path

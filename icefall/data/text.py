@@ -1,0 +1,91 @@
+"""Text normalisation of training transcripts, in the form icefall's LibriSpeech recipes use.
+
+LibriSpeech transcripts are upper-case words separated by single spaces, with apostrophes
+kept inside words (``DON'T``, ``BOYS'``) and no other punctuation. A BPE model trained on such
+text sees nothing else, so transcripts from any other source (GigaSpeech, synthetic demo
+corpora, user data) are brought to the same form before BPE training and training.
+
+GigaSpeech writes punctuation as tags (``<COMMA>``, ``<PERIOD>``, ``<QUESTIONMARK>``,
+``<EXCLAMATIONPOINT>``), which are removed, and marks non-speech segments with garbage tags
+(``<SIL>``, ``<MUSIC>``, ``<NOISE>``, ``<OTHER>``); icefall's GigaSpeech preparation drops such
+segments, see :func:`is_gigaspeech_garbage`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from lhotse import CutSet
+
+GIGASPEECH_PUNCTUATION_TAGS = ("<COMMA>", "<PERIOD>", "<QUESTIONMARK>", "<EXCLAMATIONPOINT>")
+GIGASPEECH_GARBAGE_TAGS = ("<SIL>", "<MUSIC>", "<NOISE>", "<OTHER>")
+
+_PUNCT_TAG_RE = re.compile(r"<(COMMA|PERIOD|QUESTIONMARK|EXCLAMATIONPOINT)>", re.IGNORECASE)
+_GARBAGE_TAG_RE = re.compile(r"<(SIL|MUSIC|NOISE|OTHER)>", re.IGNORECASE)
+# Typographic apostrophes and quotes that should read as a plain apostrophe.
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'"})
+_DISALLOWED_RE = re.compile(r"[^A-Z0-9' ]+")
+_SPACES_RE = re.compile(r"\s+")
+
+
+def is_gigaspeech_garbage(text: str) -> bool:
+    """True when ``text`` carries a GigaSpeech non-speech tag (``<SIL>``, ``<MUSIC>``, ...)."""
+    return _GARBAGE_TAG_RE.search(text) is not None
+
+
+def remove_punctuation_tags(text: str) -> str:
+    """Removes GigaSpeech punctuation tags (``<COMMA>`` ...) and squeezes spaces."""
+    return _SPACES_RE.sub(" ", _PUNCT_TAG_RE.sub(" ", text)).strip()
+
+
+def _clean_apostrophes(word: str) -> str:
+    """Keeps apostrophes inside a word and a possessive one after ``S``; drops quotes."""
+    core = word.strip("'")
+    if not core:
+        return ""
+    if word.endswith("'") and core.endswith("S"):
+        return core + "'"
+    return core
+
+
+def normalize_text(text: str) -> str:
+    """Brings a transcript to LibriSpeech form.
+
+    Steps: Unicode NFKC; typographic apostrophes to ``'``; GigaSpeech punctuation tags
+    removed; upper case; every character other than ``A-Z``, ``0-9`` and ``'`` becomes a
+    space (so ``WELL-KNOWN`` gives ``WELL KNOWN`` and ``HELLO, WORLD!`` gives
+    ``HELLO WORLD``); quote marks around words are dropped while ``DON'T`` and ``BOYS'``
+    keep theirs; runs of spaces become one. Digits are kept as they are: LibriSpeech has
+    none, and spelling numbers out is a choice for the corpus preparation, not made here.
+
+    Args:
+      text: the raw transcript.
+    Returns:
+      The normalised transcript (possibly empty).
+    """
+    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+    text = _PUNCT_TAG_RE.sub(" ", text).upper()
+    text = _DISALLOWED_RE.sub(" ", text)
+    words = (_clean_apostrophes(w) for w in text.split())
+    return " ".join(w for w in words if w)
+
+
+def normalize_cut_texts(cuts: CutSet, drop_gigaspeech_garbage: bool = True) -> CutSet:
+    """Normalises every supervision text of ``cuts`` with :func:`normalize_text`.
+
+    Works lazily on lazy CutSets.
+
+    Args:
+      cuts: the cuts.
+      drop_gigaspeech_garbage: first drop cuts whose text has a GigaSpeech non-speech tag.
+    Returns:
+      The cuts with normalised supervision texts.
+    """
+    if drop_gigaspeech_garbage:
+        cuts = cuts.filter(_has_no_garbage)
+    return cuts.transform_text(normalize_text)
+
+
+def _has_no_garbage(cut) -> bool:
+    return not any(is_gigaspeech_garbage(s.text or "") for s in cut.supervisions)

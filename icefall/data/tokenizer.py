@@ -1,0 +1,156 @@
+"""sentencepiece BPE models laid out as icefall's ``data/lang_bpe_<N>/``.
+
+icefall trains the model with two user-defined symbols, ``<blk>`` (id 0, the transducer
+blank) and ``<sos/eos>`` (id 1), puts ``<unk>`` right after them (id 2) and disables
+sentencepiece's own BOS/EOS pieces. ``train.py`` then reads ``blank_id`` as
+``sp.piece_to_id("<blk>")`` and ``vocab_size`` as ``sp.get_piece_size()``. ``tokens.txt``
+lists ``<token> <id>`` per line, the form sherpa-onnx and ``export-onnx.py`` read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+from icefall.utils import atomic_write_text
+
+USER_DEFINED_SYMBOLS = ("<blk>", "<sos/eos>")
+BLANK = "<blk>"
+SOS_EOS = "<sos/eos>"
+UNK = "<unk>"
+
+
+def _write_transcripts(transcripts: Iterable[str], path: Path) -> int:
+    """Writes one non-empty transcript a line; returns how many were written."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for line in transcripts:
+            line = line.strip()
+            if line:
+                f.write(line + "\n")
+                n += 1
+    return n
+
+
+def train_bpe_model(transcripts: str | Path | Iterable[str], lang_dir: str | Path,
+                    vocab_size: int, model_type: str = "unigram",
+                    character_coverage: float = 1.0,
+                    input_sentence_size: int = 100_000_000) -> Path:
+    """Trains a sentencepiece model as icefall's ``local/train_bpe_model.py`` does.
+
+    Writes ``<lang_dir>/<model_type>_<vocab_size>.model`` (and ``.vocab``), copies it to
+    ``<lang_dir>/bpe.model`` and writes ``<lang_dir>/tokens.txt``.
+
+    Args:
+      transcripts: a text file with one transcript a line, or the transcripts themselves
+        (then written to ``<lang_dir>/transcript_words.txt``).
+      lang_dir: output folder, e.g. ``data/lang_bpe_500``.
+      vocab_size: number of pieces, including ``<blk>``, ``<sos/eos>`` and ``<unk>``.
+      model_type: ``unigram`` (icefall's choice), ``bpe``, ``char`` or ``word``.
+      character_coverage: share of characters the model must cover (1.0 for English).
+      input_sentence_size: at most this many sentences are sampled for training.
+    Returns:
+      The path of ``bpe.model``.
+    Raises:
+      FileNotFoundError: when ``transcripts`` names a missing file.
+      ValueError: when there is no text, or sentencepiece refuses (e.g. ``vocab_size`` too
+        large for the text), with its reason.
+    """
+    lang_dir = Path(lang_dir)
+    lang_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(transcripts, (str, Path)):
+        text_file = Path(transcripts)
+        if not text_file.is_file():
+            raise FileNotFoundError(f"transcript file not found: {text_file}")
+    else:
+        text_file = lang_dir / "transcript_words.txt"
+        if _write_transcripts(transcripts, text_file) == 0:
+            raise ValueError("no transcripts to train the BPE model on")
+    model_prefix = lang_dir / f"{model_type}_{vocab_size}"
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(text_file), model_prefix=str(model_prefix), vocab_size=vocab_size,
+            model_type=model_type, character_coverage=character_coverage,
+            input_sentence_size=input_sentence_size,
+            user_defined_symbols=list(USER_DEFINED_SYMBOLS),
+            unk_id=len(USER_DEFINED_SYMBOLS), bos_id=-1, eos_id=-1, minloglevel=1)
+    except RuntimeError as e:
+        raise ValueError(f"BPE training on {text_file} failed: {e}") from e
+    bpe_model = lang_dir / "bpe.model"
+    tmp = lang_dir / f".bpe.model.tmp{os.getpid()}"
+    shutil.copyfile(f"{model_prefix}.model", tmp)
+    os.replace(tmp, bpe_model)
+    write_tokens(load_bpe_model(bpe_model), lang_dir / "tokens.txt")
+    logging.info(f"Trained {bpe_model} ({vocab_size} pieces, {model_type})")
+    return bpe_model
+
+
+def load_bpe_model(path: str | Path) -> spm.SentencePieceProcessor:
+    """Loads a sentencepiece model.
+
+    Raises:
+      FileNotFoundError: naming the file when it does not exist.
+      ValueError: naming the file when sentencepiece cannot read it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"BPE model not found: {path}")
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.load(str(path))
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"cannot read BPE model {path}: {e}") from e
+    if sp.piece_to_id(BLANK) != 0:
+        logging.warning(f"{path}: '{BLANK}' is not piece 0; icefall recipes expect it there")
+    return sp
+
+
+def write_tokens(sp: spm.SentencePieceProcessor, path: str | Path) -> Path:
+    """Writes ``tokens.txt``: ``<token> <id>`` per line for every piece, in id order.
+
+    Returns:
+      ``path`` as a Path.
+    """
+    path = Path(path)
+    lines = [f"{sp.id_to_piece(i)} {i}\n" for i in range(sp.get_piece_size())]
+    atomic_write_text(path, "".join(lines))
+    return path
+
+
+def read_tokens(path: str | Path) -> dict[str, int]:
+    """Reads ``tokens.txt`` into ``{token: id}``.
+
+    Raises:
+      FileNotFoundError: naming the file when it does not exist.
+      ValueError: naming the file and line when a line is not ``<token> <id>``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokens file not found: {path}")
+    table: dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            raise ValueError(f"{path}:{lineno}: expected '<token> <id>', got '{line}'")
+        table[fields[0]] = int(fields[1])
+    return table
+
+
+def encode(sp: spm.SentencePieceProcessor, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text (what ``train.py`` feeds the transducer loss)."""
+    return sp.encode(list(texts), out_type=int)
+
+
+def encode_pieces(sp: spm.SentencePieceProcessor, texts: Sequence[str]) -> list[list[str]]:
+    """Token pieces of each text (``▁HELLO`` ...), as the length filters count them."""
+    return sp.encode(list(texts), out_type=str)
+
+
+def decode(sp: spm.SentencePieceProcessor, token_ids: Sequence[Sequence[int]]) -> list[str]:
+    """Texts of token-id sequences (hypotheses from search); blanks must be removed first."""
+    return [sp.decode(list(ids)) for ids in token_ids]

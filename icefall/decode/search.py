@@ -1,0 +1,646 @@
+"""Transducer search: greedy, modified beam search, standard beam search, fast beam search.
+
+The functions follow the interface of icefall's ``beam_search.py`` (k2-fsa/icefall,
+``egs/librispeech/ASR/zipformer/beam_search.py``): they take ``model`` (anything with
+``.decoder`` and ``.joiner``, as the transducer model has) plus the encoder output, and return
+token ids per utterance, or a :class:`DecodingResults` with per-token frame indices.
+
+Conventions shared with icefall:
+
+- The decoder context before the first label is ``[-1] * (K - 1) + [blank_id]``: id -1 embeds
+  to zero, which is what the zero left-padding of the decoder sees during training, and blank
+  doubles as the start-of-sequence symbol.
+- ``unk_id`` (``getattr(model, "unk_id", blank_id)``) is never emitted: choosing it acts as a
+  blank.
+- ``blank_penalty`` is subtracted from the blank logit before the softmax (icefall indexes
+  column 0, which is blank there; here ``decoder.blank_id`` is used).
+- Batched searches visit the utterances longest first (icefall packs them with
+  ``pack_padded_sequence``); at frame t only utterances with more than t frames take part.
+  Results are returned in the caller's order.
+
+Dimension legend: N = utterances, T = encoder frames, C = encoder output dim,
+J = joiner dim, V = vocab size, K = decoder context size, W = beam (hypotheses per
+utterance), L = hypothesis length including the K context slots, E = emitted tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+_NEG_INF = float("-inf")
+_PAD = -2  # fills hypothesis slots past their length (never a real id, never -1)
+
+DECODING_METHODS = ("greedy_search", "beam_search", "modified_beam_search", "fast_beam_search")
+
+
+@dataclass
+class DecodingResults:
+    """Search output with alignment information.
+
+    Attributes:
+      hyps: hyps[n] is the token-id sequence of utterance n.
+      timestamps: timestamps[n][i] is the encoder frame on which hyps[n][i] was emitted.
+      scores: for greedy search, scores[n][i] is the log-probability of hyps[n][i] at its
+        emission; None for the beam searches.
+    """
+
+    hyps: list[list[int]]
+    timestamps: list[list[int]]
+    scores: list[list[float]] | None = None
+
+
+# ---------------------------------------------------------------------------
+# Input checks and small shared helpers
+# ---------------------------------------------------------------------------
+
+
+def _check_batch(encoder_out: Tensor, encoder_out_lens: Tensor) -> tuple[int, int]:
+    """Validates (N, T, C) encoder output and its (N,) lengths; returns (N, T)."""
+    if encoder_out.ndim != 3:
+        raise ValueError(f"encoder_out must have shape (N, T, C), got {tuple(encoder_out.shape)}")
+    N, T, _ = encoder_out.shape
+    if N < 1 or T < 1:
+        raise ValueError(f"encoder_out is empty: shape {tuple(encoder_out.shape)}")
+    if encoder_out_lens.ndim != 1 or encoder_out_lens.numel() != N:
+        raise ValueError(f"encoder_out_lens must have shape ({N},), "
+                         f"got {tuple(encoder_out_lens.shape)}")
+    if encoder_out_lens.dtype.is_floating_point:
+        raise ValueError(f"encoder_out_lens must be integers, got {encoder_out_lens.dtype}")
+    lens = encoder_out_lens.tolist()
+    if min(lens) < 1:
+        raise ValueError(f"encoder_out_lens must be positive, got {lens}")
+    if max(lens) > T:
+        raise ValueError(f"encoder_out_lens {lens} longer than encoder_out (T={T} frames)")
+    return N, T
+
+
+def _check_single(encoder_out: Tensor) -> int:
+    """Validates (1, T, C) encoder output of one utterance; returns T."""
+    if encoder_out.ndim != 3 or encoder_out.size(0) != 1:
+        raise ValueError("encoder_out must have shape (1, T, C) for one utterance, "
+                         f"got {tuple(encoder_out.shape)}")
+    if encoder_out.size(1) < 1:
+        raise ValueError("encoder_out has no frames")
+    return encoder_out.size(1)
+
+
+def _check_positive(value: float, name: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _symbols(model: nn.Module) -> tuple[int, int, int]:
+    """Returns (blank_id, context_size K, unk_id) of ``model``."""
+    blank_id = int(model.decoder.blank_id)
+    return blank_id, int(model.decoder.context_size), int(getattr(model, "unk_id", blank_id))
+
+
+def _initial_context(K: int, blank_id: int) -> list[int]:
+    return [-1] * (K - 1) + [blank_id]
+
+
+def _decoder_proj(model: nn.Module, context: Tensor) -> Tensor:
+    """(M, K) label contexts -> (M, J) projected decoder output."""
+    out = model.decoder(context.to(torch.int64), need_pad=False)  # (M, 1, D)
+    return model.joiner.decoder_proj(out.squeeze(1))
+
+
+def _log_probs(logits: Tensor, blank_id: int, blank_penalty: float,
+               temperature: float = 1.0) -> Tensor:
+    """(M, V) logits -> (M, V) log-probabilities after the blank penalty and temperature."""
+    if blank_penalty != 0:
+        logits = logits.clone()
+        logits[:, blank_id] -= blank_penalty
+    return (logits / temperature).log_softmax(dim=-1)
+
+
+def _sort_by_length(encoder_out_lens: Tensor) -> tuple[list[int], Tensor]:
+    """Returns the lengths sorted descending (list) and the (N,) permutation that sorts."""
+    order = torch.argsort(encoder_out_lens, descending=True, stable=True)
+    return encoder_out_lens[order].tolist(), order
+
+
+def _active_counts(sorted_lens: Sequence[int], T: int) -> list[int]:
+    """active[t] = number of utterances (sorted longest first) that have frame t."""
+    return [sum(1 for n in sorted_lens if n > t) for t in range(T)]
+
+
+def _unsort(items: list, order: Tensor) -> list:
+    """Puts per-utterance items computed in sorted order back in the caller's order."""
+    out: list = [None] * len(items)
+    for i, n in enumerate(order.tolist()):
+        out[n] = items[i]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Greedy search
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def greedy_search(model: nn.Module, encoder_out: Tensor, max_sym_per_frame: int = 1,
+                  blank_penalty: float = 0.0,
+                  return_timestamps: bool = False) -> list[int] | DecodingResults:
+    """Greedy search for one utterance, up to ``max_sym_per_frame`` symbols per frame.
+
+    Unlike icefall there is no separate cap of 1000 symbols per utterance: the output is
+    bounded by T * max_sym_per_frame.
+
+    Args:
+      model: transducer with ``.decoder`` and ``.joiner``.
+      encoder_out: (1, T, C) encoder output.
+      max_sym_per_frame: symbols emitted on one frame before moving on (>= 1).
+      blank_penalty: subtracted from the blank logit.
+      return_timestamps: return a :class:`DecodingResults` instead of the token list.
+    Returns:
+      The token ids, or DecodingResults with one utterance.
+    """
+    T = _check_single(encoder_out)
+    if max_sym_per_frame < 1:
+        raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
+    blank_id, K, unk_id = _symbols(model)
+    device = encoder_out.device
+    enc = model.joiner.encoder_proj(encoder_out[0])  # (T, J)
+    hyp = _initial_context(K, blank_id)
+    dec = _decoder_proj(model, torch.tensor([hyp], device=device))  # (1, J)
+    timestamps: list[int] = []
+    scores: list[float] = []
+    for t in range(T):
+        for _ in range(max_sym_per_frame):
+            logits = model.joiner(enc[t:t + 1], dec, project_input=False)  # (1, V)
+            logp = _log_probs(logits, blank_id, blank_penalty)[0]
+            y = int(logp.argmax())
+            if y in (blank_id, unk_id):
+                break
+            hyp.append(y)
+            timestamps.append(t)
+            scores.append(float(logp[y]))
+            dec = _decoder_proj(model, torch.tensor([hyp[-K:]], device=device))
+    tokens = hyp[K:]
+    if return_timestamps:
+        return DecodingResults(hyps=[tokens], timestamps=[timestamps], scores=[scores])
+    return tokens
+
+
+@torch.no_grad()
+def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens: Tensor,
+                        blank_penalty: float = 0.0, return_timestamps: bool = False,
+                        max_sym_per_frame: int = 1) -> list[list[int]] | DecodingResults:
+    """Greedy search over a padded batch; every frame updates all active utterances at once.
+
+    icefall's version fixes ``max_sym_per_frame`` to 1 (the default here); larger values give
+    the same results as :func:`greedy_search` per utterance.
+
+    Args:
+      model: transducer with ``.decoder`` and ``.joiner``.
+      encoder_out: (N, T, C) padded encoder output.
+      encoder_out_lens: (N,) valid frames per utterance, 1 <= len <= T.
+      blank_penalty: subtracted from the blank logit.
+      return_timestamps: return a :class:`DecodingResults` instead of the token lists.
+      max_sym_per_frame: symbols emitted on one frame before moving on (>= 1).
+    Returns:
+      N token-id lists (caller's order), or DecodingResults.
+    """
+    N, T = _check_batch(encoder_out, encoder_out_lens)
+    if max_sym_per_frame < 1:
+        raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
+    blank_id, K, unk_id = _symbols(model)
+    device = encoder_out.device
+    sorted_lens, order = _sort_by_length(encoder_out_lens.to(device))
+    enc = model.joiner.encoder_proj(encoder_out.index_select(0, order))  # (N, T, J)
+    context = torch.tensor([_initial_context(K, blank_id)] * N, device=device)  # (N, K)
+    dec = _decoder_proj(model, context)  # (N, J)
+    records: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, tokens, log-probs) per step
+    frames: list[int] = []
+    for t, active in enumerate(_active_counts(sorted_lens, T)):
+        rows = torch.arange(active, device=device)
+        for _ in range(max_sym_per_frame):
+            logits = model.joiner(enc[rows, t], dec[rows], project_input=False)  # (R, V)
+            logp = _log_probs(logits, blank_id, blank_penalty)
+            tok = logp.argmax(dim=-1)
+            emit = (tok != blank_id) & (tok != unk_id)
+            if not bool(emit.any()):
+                break
+            rows, tok = rows[emit], tok[emit]
+            records.append((rows, tok, logp[emit].gather(1, tok[:, None]).squeeze(1)))
+            frames.append(t)
+            context[rows] = torch.cat([context[rows, 1:], tok[:, None]], dim=1)
+            dec[rows] = _decoder_proj(model, context[rows])
+    hyps, times, scores = _split_records(records, frames, N)
+    hyps, times, scores = (_unsort(x, order) for x in (hyps, times, scores))
+    if return_timestamps:
+        return DecodingResults(hyps=hyps, timestamps=times, scores=scores)
+    return hyps
+
+
+def _split_records(records: list[tuple[Tensor, Tensor, Tensor]], frames: list[int],
+                   N: int) -> tuple[list[list[int]], list[list[int]], list[list[float]]]:
+    """Turns the per-step emissions of greedy search into per-utterance lists.
+
+    Args:
+      records: per emission step, (E_s,) utterance rows, tokens and log-probabilities.
+      frames: the frame of each step.
+      N: number of utterances.
+    Returns:
+      (tokens, frames, log-probs), each N lists in the sorted utterance order.
+    """
+    hyps: list[list[int]] = [[] for _ in range(N)]
+    times: list[list[int]] = [[] for _ in range(N)]
+    scores: list[list[float]] = [[] for _ in range(N)]
+    if not records:
+        return hyps, times, scores
+    rows = torch.cat([r[0] for r in records]).cpu()
+    toks = torch.cat([r[1] for r in records]).cpu()
+    lps = torch.cat([r[2] for r in records]).float().cpu()
+    ts = torch.cat([torch.full((len(r[0]),), f) for r, f in zip(records, frames)])
+    rows, perm = torch.sort(rows, stable=True)  # emission order is kept within a row
+    counts = torch.bincount(rows, minlength=N).tolist()
+    for n, (tk, tt, lp) in enumerate(zip(toks[perm].split(counts), ts[perm].split(counts),
+                                         lps[perm].split(counts))):
+        hyps[n], times[n], scores[n] = tk.tolist(), tt.tolist(), lp.tolist()
+    return hyps, times, scores
+
+
+# ---------------------------------------------------------------------------
+# Modified beam search (at most one symbol per frame, batched)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Beams:
+    """Hypotheses of N utterances, W slots each; empty slots have score -inf.
+
+    ys: (N, W, L) ids, the K context slots first, ``_PAD`` past ``lens``;
+    lens: (N, W) used length of ys; scores: (N, W) total log-probability;
+    times: (N, W, T) frame of each emitted token (first lens - K entries valid).
+    """
+
+    ys: Tensor
+    lens: Tensor
+    scores: Tensor
+    times: Tensor
+
+    @staticmethod
+    def initial(N: int, W: int, K: int, T: int, blank_id: int, device: torch.device) -> _Beams:
+        ys = torch.full((N, W, K + T), _PAD, dtype=torch.int64, device=device)
+        ys[:, :, :K] = torch.tensor(_initial_context(K, blank_id), device=device)
+        scores = torch.full((N, W), _NEG_INF, device=device)
+        scores[:, 0] = 0.0
+        return _Beams(ys=ys, lens=torch.full((N, W), K, dtype=torch.int64, device=device),
+                      scores=scores,
+                      times=torch.zeros((N, W, T), dtype=torch.int64, device=device))
+
+
+def _candidate_scores(model: nn.Module, beams: _Beams, enc_t: Tensor, K: int, blank_id: int,
+                      blank_penalty: float, temperature: float) -> Tensor:
+    """Scores of every (hypothesis, next symbol) pair of the first A utterances.
+
+    Args:
+      beams: state whose first A utterances are active at this frame.
+      enc_t: (A, J) projected encoder frame of the active utterances.
+    Returns:
+      (A, W * V) total log-probabilities; index w * V + v extends slot w with symbol v.
+    """
+    A = enc_t.size(0)
+    lens = beams.lens[:A]
+    W = lens.size(1)
+    ctx_idx = lens.unsqueeze(-1) - K + torch.arange(K, device=lens.device)  # (A, W, K)
+    context = beams.ys[:A].gather(2, ctx_idx)
+    dec = _decoder_proj(model, context.reshape(A * W, K))  # (A*W, J)
+    enc = enc_t.unsqueeze(1).expand(A, W, enc_t.size(-1)).reshape(A * W, -1)
+    logits = model.joiner(enc, dec, project_input=False)  # (A*W, V)
+    logp = _log_probs(logits, blank_id, blank_penalty, temperature).reshape(A, W, -1)
+    return (beams.scores[:A].unsqueeze(-1) + logp.to(beams.scores.dtype)).reshape(A, -1)
+
+
+def _merge_duplicates(ys: Tensor, scores: Tensor) -> Tensor:
+    """Merges selected candidates that spell the same label sequence.
+
+    As in icefall's HypothesisList.add, equal sequences are one hypothesis whose
+    probability is the sum (log-add) of theirs; the best-scored copy (the first, as the
+    candidates are sorted) stays and the others become empty slots.
+
+    Args:
+      ys: (A, W, L') candidate sequences, ``_PAD`` past their length.
+      scores: (A, W) candidate scores sorted descending, -inf for no candidate.
+    Returns:
+      (A, W) merged scores, -inf at dropped duplicates and empty slots.
+    """
+    W = scores.size(1)
+    valid = torch.isfinite(scores)
+    same = (ys.unsqueeze(2) == ys.unsqueeze(1)).all(dim=-1)  # (A, W, W)
+    same &= valid.unsqueeze(1) & valid.unsqueeze(2)
+    earlier = torch.ones(W, W, dtype=torch.bool, device=ys.device).tril(diagonal=-1)
+    duplicate = (same & earlier).any(dim=-1)  # an earlier slot spells the same sequence
+    pooled = torch.where(same, scores.unsqueeze(1).expand(-1, W, -1), _NEG_INF)
+    merged = pooled.logsumexp(dim=-1)
+    return torch.where(valid & ~duplicate, merged, _NEG_INF)
+
+
+def _beam_step(model: nn.Module, beams: _Beams, enc_t: Tensor, t: int, K: int, blank_id: int,
+               unk_id: int, blank_penalty: float, temperature: float) -> None:
+    """Advances the first A = enc_t.size(0) utterances of ``beams`` by frame t, in place."""
+    A, W = enc_t.size(0), beams.scores.size(1)
+    cand = _candidate_scores(model, beams, enc_t, K, blank_id, blank_penalty, temperature)
+    V = cand.size(1) // W
+    top_scores, top_idx = cand.topk(W, dim=1)  # (A, W), sorted descending
+    parent, tok = top_idx // V, top_idx % V
+    emit = torch.isfinite(top_scores) & (tok != blank_id) & (tok != unk_id)
+    width = K + t + 1  # no hypothesis is longer than K + t + 1 after this frame
+    ys = beams.ys[:A, :, :width].gather(1, parent.unsqueeze(-1).expand(-1, -1, width))
+    times = beams.times[:A, :, :t + 1].gather(1, parent.unsqueeze(-1).expand(-1, -1, t + 1))
+    lens = beams.lens[:A].gather(1, parent)
+    ys.scatter_(2, lens.unsqueeze(-1), torch.where(emit, tok, _PAD).unsqueeze(-1))
+    times.scatter_(2, (lens - K).unsqueeze(-1), torch.full_like(lens, t).unsqueeze(-1))
+    lens = lens + emit.to(lens.dtype)
+    beams.scores[:A] = _merge_duplicates(ys, top_scores)
+    beams.ys[:A, :, :width] = ys
+    beams.times[:A, :, :t + 1] = times
+    beams.lens[:A] = lens
+
+
+@torch.no_grad()
+def modified_beam_search(model: nn.Module, encoder_out: Tensor, encoder_out_lens: Tensor,
+                         beam: int = 4, temperature: float = 1.0, blank_penalty: float = 0.0,
+                         return_timestamps: bool = False,
+                         length_norm: bool = True) -> list[list[int]] | DecodingResults:
+    """Beam search limited to one symbol per frame, over a padded batch.
+
+    Per frame, each hypothesis is extended by every symbol (blank keeps it unchanged), the
+    ``beam`` best (hypothesis, symbol) pairs of each utterance are kept, and kept pairs that
+    spell the same label sequence are merged by adding their probabilities. All active
+    utterances advance together with tensor operations.
+
+    Args:
+      model: transducer with ``.decoder`` and ``.joiner``.
+      encoder_out: (N, T, C) padded encoder output.
+      encoder_out_lens: (N,) valid frames per utterance, 1 <= len <= T.
+      beam: hypotheses kept per utterance (W).
+      temperature: softmax temperature.
+      blank_penalty: subtracted from the blank logit.
+      return_timestamps: return a :class:`DecodingResults` instead of the token lists.
+      length_norm: pick the final hypothesis by score / (K + number of tokens), as icefall
+        does; False picks the highest total log-probability.
+    Returns:
+      N token-id lists (caller's order), or DecodingResults.
+    """
+    N, T = _check_batch(encoder_out, encoder_out_lens)
+    if int(beam) != beam or beam < 1:
+        raise ValueError(f"beam must be a positive integer, got {beam}")
+    _check_positive(temperature, "temperature")
+    blank_id, K, unk_id = _symbols(model)
+    device = encoder_out.device
+    sorted_lens, order = _sort_by_length(encoder_out_lens.to(device))
+    enc = model.joiner.encoder_proj(encoder_out.index_select(0, order))  # (N, T, J)
+    beams = _Beams.initial(N, int(beam), K, T, blank_id, device)
+    for t, active in enumerate(_active_counts(sorted_lens, T)):
+        _beam_step(model, beams, enc[:active, t], t, K, blank_id, unk_id,
+                   blank_penalty, temperature)
+    rank = beams.scores / beams.lens if length_norm else beams.scores
+    best = rank.argmax(dim=1).tolist()
+    ys, lens, times = beams.ys.cpu(), beams.lens.cpu(), beams.times.cpu()
+    hyps, stamps = [], []
+    for n, w in enumerate(best):
+        length = int(lens[n, w])
+        hyps.append(ys[n, w, K:length].tolist())
+        stamps.append(times[n, w, :length - K].tolist())
+    hyps, stamps = _unsort(hyps, order), _unsort(stamps, order)
+    if return_timestamps:
+        return DecodingResults(hyps=hyps, timestamps=stamps)
+    return hyps
+
+
+# ---------------------------------------------------------------------------
+# Standard (Graves 2012) beam search, one utterance
+# ---------------------------------------------------------------------------
+
+_Hyps = dict[tuple[int, ...], tuple[float, list[int]]]  # ys -> (log-prob, timestamps)
+
+
+def _add_hyp(hyps: _Hyps, ys: tuple[int, ...], log_prob: float, times: list[int]) -> None:
+    """Adds a hypothesis; an existing one with the same ys gets the log-added probability."""
+    if ys in hyps:
+        old, old_times = hyps[ys]
+        hi, lo = max(old, log_prob), min(old, log_prob)
+        hyps[ys] = (hi + math.log1p(math.exp(lo - hi)) if lo > _NEG_INF else hi, old_times)
+    else:
+        hyps[ys] = (log_prob, times)
+
+
+def _best_hyps(hyps: _Hyps, k: int) -> _Hyps:
+    return dict(sorted(hyps.items(), key=lambda kv: kv[1][0], reverse=True)[:k])
+
+
+def _expand_frame(A: _Hyps, beam: int, unk_id: int, blank_id: int, t: int,
+                  joint: Callable[[tuple[int, ...]], Tensor]) -> _Hyps:
+    """One frame of standard beam search: returns the hypotheses that end the frame.
+
+    Repeatedly pops the most probable hypothesis y* of A; y* + blank goes to B, y* + each of
+    its top (beam + 1) non-blank symbols goes back to A. Stops once ``beam`` hypotheses of
+    B are more probable than the best of A.
+    """
+    B: _Hyps = {}
+    while A:
+        ys = max(A, key=lambda key: A[key][0])
+        log_prob, times = A.pop(ys)
+        logp = joint(ys)  # (V,) log-probabilities at frame t after ys
+        _add_hyp(B, ys, log_prob + float(logp[blank_id]), times)
+        values, indices = logp.topk(min(beam + 1, logp.numel()))
+        for v, i in zip(values.tolist(), indices.tolist()):
+            if i not in (blank_id, unk_id):
+                _add_hyp(A, ys + (i,), log_prob + v, times + [t])
+        if not A:
+            break
+        best_in_a = max(v[0] for v in A.values())
+        kept = {k: v for k, v in B.items() if v[0] > best_in_a}
+        if len(kept) >= beam:
+            return _best_hyps(kept, beam)
+    return _best_hyps(B, beam)
+
+
+@torch.no_grad()
+def beam_search(model: nn.Module, encoder_out: Tensor, beam: int = 4, temperature: float = 1.0,
+                blank_penalty: float = 0.0, return_timestamps: bool = False,
+                length_norm: bool = True) -> list[int] | DecodingResults:
+    """Standard transducer beam search (Graves 2012, Algorithm 1) for one utterance.
+
+    Any number of symbols per frame; without the prefix-merging step of the paper, as in
+    icefall. Slow (one decoder/joiner call per expanded hypothesis): icefall does not
+    recommend it either.
+
+    Args:
+      model: transducer with ``.decoder`` and ``.joiner``.
+      encoder_out: (1, T, C) encoder output.
+      beam: hypotheses kept per frame.
+      temperature: softmax temperature.
+      blank_penalty: subtracted from the blank logit.
+      return_timestamps: return a :class:`DecodingResults` instead of the token list.
+      length_norm: pick the final hypothesis by score / (K + number of tokens) as icefall
+        does; False picks the highest log-probability.
+    Returns:
+      The token ids, or DecodingResults with one utterance.
+    """
+    T = _check_single(encoder_out)
+    if int(beam) != beam or beam < 1:
+        raise ValueError(f"beam must be a positive integer, got {beam}")
+    _check_positive(temperature, "temperature")
+    blank_id, K, unk_id = _symbols(model)
+    device = encoder_out.device
+    enc = model.joiner.encoder_proj(encoder_out[0])  # (T, J)
+    dec_cache: dict[tuple[int, ...], Tensor] = {}
+    B: _Hyps = {tuple(_initial_context(K, blank_id)): (0.0, [])}
+    for t in range(T):
+        joint_cache: dict[tuple[int, ...], Tensor] = {}
+
+        def joint(ys: tuple[int, ...], t: int = t, cache: dict = joint_cache) -> Tensor:
+            context = ys[-K:]  # decoder output depends on the last K labels only
+            if context not in cache:
+                if context not in dec_cache:
+                    dec_cache[context] = _decoder_proj(
+                        model, torch.tensor([context], device=device))
+                logits = model.joiner(enc[t:t + 1], dec_cache[context], project_input=False)
+                cache[context] = _log_probs(logits, blank_id, blank_penalty, temperature)[0]
+            return cache[context]
+
+        B = _expand_frame(dict(B), int(beam), unk_id, blank_id, t, joint)
+    if length_norm:
+        ys, (_, times) = max(B.items(), key=lambda kv: kv[1][0] / len(kv[0]))
+    else:
+        ys, (_, times) = max(B.items(), key=lambda kv: kv[1][0])
+    tokens = list(ys[K:])
+    if return_timestamps:
+        return DecodingResults(hyps=[tokens], timestamps=[times])
+    return tokens
+
+
+# ---------------------------------------------------------------------------
+# Fast beam search (needs k2)
+# ---------------------------------------------------------------------------
+
+
+def _import_k2():
+    try:
+        import k2  # noqa: PLC0415
+    except ImportError as e:
+        raise ImportError(
+            "fast_beam_search needs k2 (https://k2-fsa.github.io/k2/), which is not "
+            "installed; use --decoding-method greedy_search, modified_beam_search or "
+            "beam_search instead") from e
+    return k2
+
+
+def k2_available() -> bool:
+    """True when k2 imports, i.e. when fast_beam_search can run."""
+    try:
+        _import_k2()
+    except ImportError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def fast_beam_search_one_best(model: nn.Module, decoding_graph, encoder_out: Tensor,
+                              encoder_out_lens: Tensor, beam: float = 20.0,
+                              max_states: int = 64, max_contexts: int = 8,
+                              temperature: float = 1.0, blank_penalty: float = 0.0,
+                              return_timestamps: bool = False,
+                              ) -> list[list[int]] | DecodingResults:
+    """k2's fast beam search (one symbol per frame), then the best path of the lattice.
+
+    Args:
+      model: transducer with ``.decoder`` and ``.joiner``.
+      decoding_graph: a k2 acceptor over token ids, or None for ``k2.trivial_graph``.
+      encoder_out: (N, T, C) padded encoder output.
+      encoder_out_lens: (N,) valid frames per utterance.
+      beam, max_states, max_contexts: k2.RnntDecodingConfig pruning settings.
+      temperature: softmax temperature; blank_penalty: subtracted from the blank logit.
+      return_timestamps: return a :class:`DecodingResults`.
+    Returns:
+      N token-id lists, or DecodingResults.
+    Raises:
+      ImportError: when k2 is not installed.
+    """
+    k2 = _import_k2()
+    N, T = _check_batch(encoder_out, encoder_out_lens)
+    blank_id, K, _ = _symbols(model)
+    V = int(model.decoder.vocab_size)
+    if decoding_graph is None:
+        decoding_graph = k2.trivial_graph(V - 1, device=encoder_out.device)
+    config = k2.RnntDecodingConfig(vocab_size=V, decoder_history_len=K, beam=beam,
+                                   max_contexts=max_contexts, max_states=max_states)
+    streams = k2.RnntDecodingStreams(
+        [k2.RnntDecodingStream(decoding_graph) for _ in range(N)], config)
+    enc = model.joiner.encoder_proj(encoder_out)  # (N, T, J)
+    for t in range(T):
+        shape, contexts = streams.get_contexts()  # contexts: (M, K)
+        dec = _decoder_proj(model, contexts)
+        cur = enc[:, t].index_select(0, shape.row_ids(1).to(torch.int64))  # (M, J)
+        logits = model.joiner(cur, dec, project_input=False)
+        streams.advance(_log_probs(logits, blank_id, blank_penalty, temperature))
+    streams.terminate_and_flush_to_streams()
+    lattice = streams.format_output(encoder_out_lens.tolist())
+    best = k2.shortest_path(lattice, use_double_scores=True)
+    labels = getattr(best, "aux_labels", best.labels)
+    if isinstance(labels, k2.RaggedTensor):
+        raise ValueError("decoding graphs with ragged aux_labels (e.g. LG) are not supported")
+    per_arc = k2.RaggedTensor(best.arcs.shape().remove_axis(1), labels.contiguous()).tolist()
+    hyps = [[v for v in arcs if v > 0] for arcs in per_arc]
+    if return_timestamps:
+        times = [[i for i, v in enumerate(arcs) if v > 0] for arcs in per_arc]
+        return DecodingResults(hyps=hyps, timestamps=times)
+    return hyps
+
+
+# ---------------------------------------------------------------------------
+# Dispatch for the decode scripts
+# ---------------------------------------------------------------------------
+
+
+def decoding_key(decoding_method: str, beam_size: int = 4, beam: float = 20.0,
+                 max_contexts: int = 8, max_states: int = 64) -> str:
+    """icefall's result key for a decoding setting: ``greedy_search``, ``beam_size_4``,
+    ``beam_20.0_max_contexts_8_max_states_64``."""
+    if decoding_method == "greedy_search":
+        return "greedy_search"
+    if decoding_method == "fast_beam_search":
+        return f"beam_{beam}_max_contexts_{max_contexts}_max_states_{max_states}"
+    if decoding_method in ("beam_search", "modified_beam_search"):
+        return f"beam_size_{beam_size}"
+    raise ValueError(f"unknown decoding method '{decoding_method}'; "
+                     f"expected one of {', '.join(DECODING_METHODS)}")
+
+
+def decode_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens: Tensor,
+                 decoding_method: str, beam_size: int = 4, max_sym_per_frame: int = 1,
+                 blank_penalty: float = 0.0, decoding_graph=None, beam: float = 20.0,
+                 max_contexts: int = 8, max_states: int = 64) -> list[list[int]]:
+    """Runs the search named by ``--decoding-method`` on a batch; returns N token lists.
+
+    Args:
+      encoder_out: (N, T, C); encoder_out_lens: (N,).
+      decoding_method: one of :data:`DECODING_METHODS`.
+      Others: the flags of the decode scripts with the same names.
+    """
+    decoding_key(decoding_method)  # validates the name
+    if decoding_method == "greedy_search":
+        return greedy_search_batch(model, encoder_out, encoder_out_lens,
+                                   blank_penalty=blank_penalty,
+                                   max_sym_per_frame=max_sym_per_frame)
+    if decoding_method == "modified_beam_search":
+        return modified_beam_search(model, encoder_out, encoder_out_lens, beam=beam_size,
+                                    blank_penalty=blank_penalty)
+    if decoding_method == "fast_beam_search":
+        return fast_beam_search_one_best(model, decoding_graph, encoder_out, encoder_out_lens,
+                                         beam=beam, max_states=max_states,
+                                         max_contexts=max_contexts,
+                                         blank_penalty=blank_penalty)
+    _check_batch(encoder_out, encoder_out_lens)
+    return [beam_search(model, encoder_out[n:n + 1, :int(length)], beam=beam_size,
+                        blank_penalty=blank_penalty)
+            for n, length in enumerate(encoder_out_lens.tolist())]
