@@ -12,15 +12,15 @@ or gradient-only regularisers) and trains the 761,344 adapter parameters (dim 16
 
 Time: both models are stepped alternately in one process, so that machine noise hits
 both alike; the median step time of each is reported. Memory: each mode runs one step
-in a fresh subprocess; the figure is peak RSS minus the RSS before the step (model
-weights and inputs excluded, gradients and saved activations included).
+in a fresh subprocess; the figure is the peak resident set size during the step minus
+the resident size before it (VmHWM / VmRSS of /proc/self/status, so Linux only): model
+weights and inputs excluded, gradients and saved activations included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -91,19 +91,29 @@ def train_step(model: torch.nn.Module, batch) -> float:
     return elapsed
 
 
-def rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (kB), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Resets VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def memory_worker(args: argparse.Namespace) -> None:
-    """Runs in a subprocess: one step of one mode, prints JSON with the RSS increase."""
+    """Runs in a fresh process: one step of one mode; prints JSON with the increase of
+    the peak resident set size over the resident size before the step."""
     torch.set_num_threads(args.threads)
     model = make_model(args.memory_worker)
     batch = make_batch(args)
-    before = rss_mb()
+    before = _status_mb("VmRSS")
+    reset_peak_rss()
     train_step(model, batch)
-    print(json.dumps({"peak_mb": rss_mb() - before}))
+    print(json.dumps({"peak_mb": _status_mb("VmHWM") - before}))
 
 
 def measure_memory(args: argparse.Namespace, mode: str) -> float:
@@ -132,8 +142,8 @@ def main() -> None:
         memory_worker(args)
         return
     torch.set_num_threads(args.threads)
+    memory = {m: measure_memory(args, m) for m in MODES}  # before this process grows
     times = measure_time(args)
-    memory = {m: measure_memory(args, m) for m in MODES}
     audio = args.batch_size * args.duration
     med = {m: statistics.median(times[m]) for m in MODES}
     trainable = count_parameters(make_model("adapters"))

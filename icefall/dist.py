@@ -1,0 +1,76 @@
+"""Distributed training: start N processes (or join torchrun's), set up and tear down the
+process group (NCCL on GPU, gloo on CPU), and check that ranks agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or torch.distributed.launch) started this process."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def setup_dist(rank: int, world_size: int, master_port: int | None = None,
+               use_cuda: bool | None = None) -> torch.device:
+    """Joins the process group and returns this rank's device.
+
+    With world_size 1 and no torchrun, nothing is initialised.
+    """
+    use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
+    if world_size > 1 or launched_by_torchrun():
+        if not launched_by_torchrun():
+            os.environ.setdefault("MASTER_ADDR", "localhost")
+            os.environ["MASTER_PORT"] = str(master_port or 12354)
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        logging.info(f"Joined process group: rank {rank} of {world_size} ({backend})")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def cleanup_dist() -> None:
+    """Leaves the process group if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def launch(fn: Callable[[int, int, Any], None], world_size: int, args: Any) -> None:
+    """Runs ``fn(rank, world_size, args)``: in this process when world_size is 1 or
+    torchrun started us, else in ``world_size`` spawned processes."""
+    if launched_by_torchrun():
+        fn(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)
+    elif world_size > 1:
+        mp.spawn(fn, args=(world_size, args), nprocs=world_size, join=True)
+    else:
+        fn(0, 1, args)
+
+
+def max_param_difference_across_ranks(model: torch.nn.Module) -> float:
+    """Largest |difference| between any parameter on this rank and on any other rank
+    (0.0 without a process group). Every rank must call it."""
+    if get_world_size() == 1:
+        return 0.0
+    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(get_world_size())]
+    dist.all_gather(gathered, flat)
+    return max(float((g - flat).abs().max()) for g in gathered)

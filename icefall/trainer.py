@@ -1,0 +1,670 @@
+"""Training shared by both recipes: ``zipformer/train.py`` (from scratch, or full
+fine-tuning) and ``zipformer_adapter/train.py`` (adapter fine-tuning).
+
+The loop is icefall's: pruned RNN-T loss with the simple loss weighted down and the
+pruned loss up over ``--warm-step`` batches, ScaledAdam + Eden, a running model average,
+``epoch-N.pt`` and ``checkpoint-B.pt`` files, icefall-style progress lines and
+TensorBoard scalars. Differences that an icefall user may notice:
+
+- checkpoints hold plain types only (``torch.load(..., weights_only=True)``) and are
+  written atomically; they also keep the RNG state, so ``--start-batch`` resumes exactly;
+- a batch whose loss is not finite is skipped and counted instead of stopping training;
+- validation also runs at the end of every epoch;
+- ``--train-cuts``/``--valid-cuts``/``--mux-cuts`` name the manifests explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: N817 (PyTorch idiom)
+
+from icefall.checkpoint import (
+    CheckpointError,
+    check_state_dict_fits,
+    load_checkpoint_file,
+    model_state_from,
+    remove_checkpoints,
+    save_checkpoint,
+    update_averaged_model,
+)
+from icefall.data import AsrDataModule, encode, filter_cuts, load_bpe_model, load_cuts
+from icefall.data.manifests import check_manifest
+from icefall.dist import (
+    cleanup_dist,
+    launch,
+    max_param_difference_across_ranks,
+    setup_dist,
+)
+from icefall.finetune import (
+    finetune_state,
+    load_finetune_checkpoint,
+    setup_trainable_parameters,
+)
+from icefall.hooks import register_inf_check_hooks
+from icefall.metrics import MetricsTracker
+from icefall.optim import Eden, ScaledAdam, get_parameter_groups_with_lrs
+from icefall.utils import AttributeDict, setup_logger, str2bool
+from icefall.zipformer import (
+    add_adapter_arguments,
+    add_model_arguments,
+    get_model,
+    model_config,
+    set_adapter_training,
+)
+from icefall.zipformer.scaling import Whiten, set_batch_count
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the recipes: flag defaults only."""
+
+    name: str
+    exp_dir: str
+    use_adapters: bool
+    do_finetune: bool
+    train_cuts: str
+    valid_cuts: str
+    mux_cuts: str
+
+
+BASE_RECIPE = Recipe(
+    name="zipformer", exp_dir="zipformer/exp", use_adapters=False, do_finetune=False,
+    train_cuts="librispeech_cuts_train-all-shuf.jsonl.gz",
+    valid_cuts="librispeech_cuts_dev-clean.jsonl.gz,librispeech_cuts_dev-other.jsonl.gz",
+    mux_cuts="")
+ADAPTER_RECIPE = Recipe(
+    name="zipformer_adapter", exp_dir="zipformer_adapter/exp", use_adapters=True,
+    do_finetune=True, train_cuts="gigaspeech_cuts_S.jsonl.gz",
+    valid_cuts="gigaspeech_cuts_DEV.jsonl.gz",
+    mux_cuts="librispeech_cuts_train-all-shuf.jsonl.gz")
+
+
+# ---------------------------------------------------------------------------------------
+# Flags
+# ---------------------------------------------------------------------------------------
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> None:
+    """icefall's training flags with its defaults (and a few for short runs)."""
+    a = parser.add_argument
+    a("--world-size", type=int, default=1, help="Number of processes (GPUs) for DDP.")
+    a("--master-port", type=int, default=12354, help="Master port for DDP.")
+    a("--tensorboard", type=str2bool, default=True, help="Write TensorBoard scalars.")
+    a("--num-epochs", type=int, default=30, help="Number of epochs to train.")
+    a("--start-epoch", type=int, default=1,
+      help="Resume from exp-dir/epoch-{start_epoch-1}.pt when larger than 1.")
+    a("--start-batch", type=int, default=0,
+      help="If positive, resume exactly from exp-dir/checkpoint-{start_batch}.pt.")
+    a("--exp-dir", type=Path, default=Path(recipe.exp_dir),
+      help="Folder of checkpoints, logs and TensorBoard files.")
+    a("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
+      help="Path to the BPE model.")
+    a("--base-lr", type=float, default=0.045, help="The base learning rate.")
+    a("--lr-batches", type=float, default=7500,
+      help="Batches over which the learning rate decays (Eden).")
+    a("--lr-epochs", type=float, default=3.5,
+      help="Epochs over which the learning rate decays (Eden).")
+    a("--lr-warmup-batches", type=float, default=500.0,
+      help="Eden's linear warm-up of the learning rate, in batches.")
+    a("--ref-duration", type=float, default=600,
+      help="Reference batch duration (s) for the model's internal schedules: they advance "
+           "by max-duration * world-size / ref-duration per batch.")
+    a("--prune-range", type=int, default=5, help="Symbols kept per frame by pruning.")
+    a("--lm-scale", type=float, default=0.25, help="LM smoothing of the simple loss.")
+    a("--am-scale", type=float, default=0.0, help="AM smoothing of the simple loss.")
+    a("--simple-loss-scale", type=float, default=0.5,
+      help="Weight of the simple loss after --warm-step batches.")
+    a("--ctc-loss-scale", type=float, default=0.2, help="Weight of the CTC loss.")
+    a("--warm-step", type=int, default=2000,
+      help="Batches over which the simple loss weight falls from 1 and the pruned "
+           "loss weight rises from 0.1.")
+    a("--seed", type=int, default=42, help="Seed of all random generators.")
+    a("--inf-check", type=str2bool, default=False,
+      help="Add hooks that report non-finite module outputs and gradients.")
+    a("--save-every-n", type=int, default=4000,
+      help="Save exp-dir/checkpoint-B.pt every this many batches.")
+    a("--keep-last-k", type=int, default=30, help="Keep this many checkpoint-B.pt files.")
+    a("--average-period", type=int, default=200,
+      help="Update the running model average (model_avg) every this many batches.")
+    a("--use-fp16", type=str2bool, default=False,
+      help="Mixed precision (float16 autocast with a grad scaler); CUDA only.")
+    a("--log-interval", type=int, default=50, help="Log progress every this many batches.")
+    a("--reset-interval", type=int, default=200, help="Decay time (batches) of tot_loss.")
+    a("--valid-interval", type=int, default=3000,
+      help="Validate every this many batches (and at the end of every epoch).")
+    a("--train-cuts", type=str, default=recipe.train_cuts,
+      help="Training manifests in --manifest-dir, comma-separated.")
+    a("--valid-cuts", type=str, default=recipe.valid_cuts,
+      help="Validation manifests in --manifest-dir, comma-separated.")
+    a("--mux-cuts", type=str, default=recipe.mux_cuts,
+      help="With --use-mux 1: original-domain training manifests mixed into training.")
+    a("--trust-checkpoint", type=str2bool, default=False,
+      help="Allow checkpoints that need full unpickling (only for files you trust).")
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> None:
+    """--do-finetune, --finetune-ckpt, --init-modules (zipformer_adapter's flags)."""
+    parser.add_argument("--do-finetune", type=str2bool, default=recipe.do_finetune,
+                        help="Initialise from --finetune-ckpt. Set 0 to resume a "
+                             "fine-tuning run with --start-epoch/--start-batch.")
+    parser.add_argument("--finetune-ckpt", type=Path, default=None,
+                        help="Checkpoint to fine-tune from ({'model': state_dict}).")
+    parser.add_argument("--init-modules", type=str, default=None,
+                        help="Comma-separated module prefixes to initialise from "
+                             "--finetune-ckpt (e.g. 'encoder,joiner'); default: all.")
+
+
+def get_parser(recipe: Recipe) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_training_arguments(parser, recipe)
+    add_model_arguments(parser)
+    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
+    add_finetune_arguments(parser, recipe)
+    AsrDataModule.add_arguments(parser)
+    return parser
+
+
+def get_params() -> AttributeDict:
+    """Training state that is not a flag; saved in every checkpoint."""
+    return AttributeDict(best_train_loss=float("inf"), best_valid_loss=float("inf"),
+                         best_train_epoch=-1, best_valid_epoch=-1, batch_idx_train=0,
+                         cur_epoch=0, num_bad_batches=0, feature_dim=80,
+                         subsampling_factor=4)
+
+
+def plain_params(params: AttributeDict) -> dict[str, Any]:
+    """params as plain types (Paths become str) for a weights-only checkpoint."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, Path):
+            v = str(v)
+        if v is None or isinstance(v, (bool, int, float, str)):
+            out[k] = v
+    out["model"] = model_config(params)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Random state (for exact resume)
+# ---------------------------------------------------------------------------------------
+
+
+def fix_random_seed(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every generator's state as plain types and tensors."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys).copy()), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores what :func:`get_rng_state` saved."""
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(x: Any) -> Any:
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def whiten_state(model: nn.Module) -> dict[str, float]:
+    """Per-module probabilities that Whiten adapts during training (not in state_dict)."""
+    return {n: float(m.prob) for n, m in model.named_modules() if isinstance(m, Whiten)}
+
+
+def set_whiten_state(model: nn.Module, state: dict[str, float]) -> None:
+    for n, m in model.named_modules():
+        if isinstance(m, Whiten) and n in state:
+            m.prob = state[n]
+
+
+# ---------------------------------------------------------------------------------------
+# Model, optimizer, resume
+# ---------------------------------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DDP) else model
+
+
+def resume_filename(params: AttributeDict) -> Path | None:
+    """The checkpoint --start-batch / --start-epoch resume from, if any."""
+    if params.start_batch > 0:
+        return Path(params.exp_dir) / f"checkpoint-{params.start_batch}.pt"
+    if params.start_epoch > 1:
+        return Path(params.exp_dir) / f"epoch-{params.start_epoch - 1}.pt"
+    return None
+
+
+def build_model(params: AttributeDict) -> nn.Module:
+    """get_model(params), initialised from --finetune-ckpt when fine-tuning (and not
+    resuming), with only the adapters trainable when --use-adapters."""
+    model = get_model(params)
+    if params.do_finetune and resume_filename(params) is None:
+        if params.finetune_ckpt is None:
+            raise ValueError("--do-finetune 1 needs --finetune-ckpt")
+        load_finetune_checkpoint(model, params.finetune_ckpt, params.init_modules,
+                                 allow_unsafe=params.trust_checkpoint)
+    setup_trainable_parameters(model, params.use_adapters)
+    return model
+
+
+def make_optimizer(model: nn.Module, params: AttributeDict) -> tuple[ScaledAdam, Eden]:
+    """ScaledAdam over the trainable parameters only, and the Eden schedule."""
+    groups = []
+    for g in get_parameter_groups_with_lrs(model, lr=params.base_lr, include_names=True):
+        named = [(n, p) for n, p in g["named_params"] if p.requires_grad]
+        if named:
+            groups.append({"named_params": named, "lr": g["lr"]})
+    optimizer = ScaledAdam(groups, lr=params.base_lr, clipping_scale=2.0)
+    scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs,
+                     warmup_batches=params.lr_warmup_batches)
+    return optimizer, scheduler
+
+
+def load_resume_checkpoint(params: AttributeDict, model: nn.Module,
+                           model_avg: nn.Module | None) -> dict[str, Any] | None:
+    """Loads model (and model_avg) from the resume checkpoint and restores the counters
+    in params; returns the checkpoint for the optimizer, scheduler, sampler and RNG."""
+    filename = resume_filename(params)
+    if filename is None:
+        return None
+    data = load_checkpoint_file(filename, allow_unsafe=params.trust_checkpoint)
+    state = model_state_from(data, filename)
+    check_state_dict_fits(model, state, filename)
+    model.load_state_dict(state)
+    if model_avg is not None and data.get("model_avg") is not None:
+        model_avg.load_state_dict(data["model_avg"])
+    saved = data.get("params") or {}
+    for k in ("best_train_epoch", "best_valid_epoch", "batch_idx_train", "best_train_loss",
+              "best_valid_loss", "num_bad_batches"):
+        if k in saved:
+            params[k] = saved[k]
+    if params.start_batch > 0 and "cur_epoch" in saved:
+        params.start_epoch = saved["cur_epoch"]
+    set_whiten_state(model, data.get("whiten_state") or {})
+    logging.info(f"Resuming from {filename} (batch {params.batch_idx_train})")
+    return data
+
+
+def save_training_checkpoint(filename: Path, params: AttributeDict, model: nn.Module,
+                             model_avg: nn.Module | None, optimizer, scheduler, scaler,
+                             sampler) -> None:
+    """Writes everything needed to resume exactly (plain types, atomically)."""
+    avg = None if model_avg is None else {k: v.float() for k, v in
+                                         model_avg.state_dict().items()}
+    save_checkpoint(filename, model=unwrap(model).state_dict(), model_avg=avg,
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    grad_scaler=scaler.state_dict(),
+                    sampler=None if sampler is None else sampler.state_dict(),
+                    params=plain_params(params), rng=get_rng_state(),
+                    whiten_state=whiten_state(unwrap(model)))
+    logging.info(f"Saved {filename}")
+
+
+# ---------------------------------------------------------------------------------------
+# Loss and validation
+# ---------------------------------------------------------------------------------------
+
+
+def loss_weights(params: AttributeDict) -> tuple[float, float]:
+    """(simple, pruned) loss weights: from (1.0, 0.1) at batch 0 to
+    (--simple-loss-scale, 1.0) at --warm-step, linearly."""
+    s, warm, b = params.simple_loss_scale, params.warm_step, params.batch_idx_train
+    if b >= warm:
+        return s, 1.0
+    return 1.0 - (b / warm) * (1.0 - s), 0.1 + 0.9 * (b / warm)
+
+
+def compute_loss(params: AttributeDict, model: nn.Module, sp, batch: dict,
+                 is_training: bool) -> tuple[Tensor, MetricsTracker]:
+    """The weighted training loss (summed over the batch) and its MetricsTracker.
+
+    Args:
+      batch: a lhotse K2SpeechRecognitionDataset batch: ``inputs`` (N, T, 80),
+        ``supervisions`` with ``text`` and ``num_frames`` (N,).
+    """
+    device = next(unwrap(model).parameters()).device
+    feature = batch["inputs"].to(device)
+    feature_lens = batch["supervisions"]["num_frames"].to(device)
+    y = encode(sp, batch["supervisions"]["text"])
+    with torch.set_grad_enabled(is_training):
+        simple, pruned, ctc = model(feature, feature_lens, y, prune_range=params.prune_range,
+                                    am_scale=params.am_scale, lm_scale=params.lm_scale)
+        loss = torch.zeros((), device=device)
+        if params.use_transducer:
+            w_simple, w_pruned = loss_weights(params)
+            loss = loss + w_simple * simple + w_pruned * pruned
+        if params.use_ctc:
+            loss = loss + params.ctc_loss_scale * ctc
+    info = MetricsTracker()
+    info["frames"] = float((feature_lens // params.subsampling_factor).sum())
+    info["utterances"] = float(feature.shape[0])
+    info["loss"] = float(loss.detach())
+    if params.use_transducer:
+        info["simple_loss"], info["pruned_loss"] = float(simple), float(pruned)
+    if params.use_ctc:
+        info["ctc_loss"] = float(ctc)
+    return loss, info
+
+
+def compute_validation_loss(params: AttributeDict, model: nn.Module, sp, valid_dl,
+                            world_size: int) -> MetricsTracker:
+    """Loss over the validation set in eval mode; updates the best validation loss."""
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    tot = MetricsTracker()
+    for batch in valid_dl:
+        _, info = compute_loss(params, model, sp, batch, is_training=False)
+        tot = tot + info
+    if world_size > 1:
+        tot.reduce(next(model.parameters()).device)
+    for m, mode in was_training.items():
+        m.training = mode
+    value = tot["loss"] / max(tot["frames"], 1.0)
+    if value < params.best_valid_loss:
+        params.best_valid_epoch, params.best_valid_loss = params.cur_epoch, value
+    return tot
+
+
+# ---------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------
+
+
+def adjusted_batch_count(params: AttributeDict) -> float:
+    """Batch count seen by the model's schedules: batches at the reference duration, plus
+    1e6 when fine-tuning (a pretrained model is past every warm-up), as icefall does."""
+    count = params.batch_idx_train * (params.max_duration * params.world_size) / \
+        params.ref_duration
+    return count + (1_000_000 if params.do_finetune else 0)
+
+
+def set_train_mode(model: nn.Module, params: AttributeDict) -> None:
+    """Adapters only: the base stays in eval mode. Otherwise the whole model trains."""
+    if params.use_adapters:
+        set_adapter_training(unwrap(model))
+    else:
+        model.train()
+
+
+@dataclass
+class TrainState:
+    """What train_one_epoch needs besides params and data."""
+
+    model: nn.Module
+    model_avg: nn.Module | None
+    optimizer: ScaledAdam
+    scheduler: Eden
+    scaler: torch.amp.GradScaler
+    sp: Any
+    tb_writer: Any
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+def _all_finite(loss: Tensor, world_size: int) -> bool:
+    """True when the loss is finite on every rank (all ranks agree to skip or not)."""
+    ok = torch.tensor([float(torch.isfinite(loss).all())], device=loss.device)
+    if world_size > 1:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item() == 1.0)
+
+
+def train_step(params: AttributeDict, st: TrainState, batch: dict) -> MetricsTracker | None:
+    """One optimisation step; None when the loss was not finite and the batch skipped."""
+    set_batch_count(unwrap(st.model), adjusted_batch_count(params))
+    with torch.autocast(st.device.type, dtype=torch.float16,
+                        enabled=params.use_fp16 and st.device.type == "cuda"):
+        loss, info = compute_loss(params, st.model, st.sp, batch, is_training=True)
+    if not _all_finite(loss, params.world_size):
+        params.num_bad_batches += 1
+        logging.warning(f"Non-finite loss at batch {params.batch_idx_train}; skipping it "
+                        f"({params.num_bad_batches} skipped so far)")
+        if params.world_size > 1:  # keep DDP's collective calls in step across ranks
+            (torch.nan_to_num(loss) * 0.0).backward()
+        st.optimizer.zero_grad(set_to_none=True)
+        return None
+    st.scaler.scale(loss).backward()
+    st.scheduler.step_batch(params.batch_idx_train)
+    st.scaler.step(st.optimizer)
+    st.scaler.update()
+    st.optimizer.zero_grad(set_to_none=True)
+    return info
+
+
+def _periodic(params: AttributeDict, st: TrainState, train_dl, batch_idx: int,
+              info: MetricsTracker, tot: MetricsTracker, speed: float) -> None:
+    """Model averaging, mid-epoch checkpoints and progress logs after a batch."""
+    b = params.batch_idx_train
+    if st.rank == 0 and st.model_avg is not None and b % params.average_period == 0:
+        update_averaged_model(st.model_avg, unwrap(st.model), b, params.average_period)
+    if params.save_every_n > 0 and b % params.save_every_n == 0 and st.rank == 0:
+        save_training_checkpoint(Path(params.exp_dir) / f"checkpoint-{b}.pt", params,
+                                 st.model, st.model_avg, st.optimizer, st.scheduler,
+                                 st.scaler, train_dl.sampler)
+        remove_checkpoints(params.exp_dir, params.keep_last_k)
+    if batch_idx % params.log_interval == 0:
+        lr = st.scheduler.get_last_lr()[0]
+        scale = f", grad_scale: {st.scaler.get_scale():.1f}" if st.scaler.is_enabled() else ""
+        logging.info(f"Epoch {params.cur_epoch}, batch {batch_idx}, loss[{info}], "
+                     f"tot_loss[{tot}], batch size: {int(info['utterances'])}, "
+                     f"lr: {lr:.2e}, utt/s: {speed:.1f}{scale}")
+        if st.tb_writer is not None:
+            st.tb_writer.add_scalar("train/learning_rate", lr, b)
+            info.write_summary(st.tb_writer, "train/current_", b)
+            tot.write_summary(st.tb_writer, "train/tot_", b)
+
+
+def validate(params: AttributeDict, st: TrainState, valid_dl) -> None:
+    """Logs (and writes to TensorBoard) the validation loss."""
+    valid = compute_validation_loss(params, st.model, st.sp, valid_dl, st.world_size)
+    logging.info(f"Epoch {params.cur_epoch}, batch {params.batch_idx_train}, validation: "
+                 f"{valid}; best valid loss {params.best_valid_loss:.4g} "
+                 f"(epoch {params.best_valid_epoch})")
+    if st.tb_writer is not None:
+        valid.write_summary(st.tb_writer, "train/valid_", params.batch_idx_train)
+
+
+def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl) -> None:
+    """Trains over train_dl once; params.train_loss is the epoch's loss per frame."""
+    set_train_mode(st.model, params)
+    tot, epoch_tot = MetricsTracker(), MetricsTracker()
+    start, utts = time.time(), 0.0
+    for batch_idx, batch in enumerate(train_dl):
+        params.batch_idx_train += 1
+        info = train_step(params, st, batch)
+        if info is None:
+            continue
+        utts += info["utterances"]
+        tot = tot * (1.0 - 1.0 / params.reset_interval) + info
+        epoch_tot = epoch_tot + info
+        speed = utts / max(time.time() - start, 1e-6)
+        _periodic(params, st, train_dl, batch_idx, info, tot, speed)
+        if batch_idx > 0 and batch_idx % params.valid_interval == 0:
+            validate(params, st, valid_dl)
+            set_train_mode(st.model, params)
+    if st.world_size > 1:
+        epoch_tot.reduce(st.device)
+    params.train_loss = epoch_tot["loss"] / max(epoch_tot["frames"], 1.0)
+    if params.train_loss < params.best_train_loss:
+        params.best_train_epoch, params.best_train_loss = params.cur_epoch, params.train_loss
+    validate(params, st, valid_dl)
+
+
+def save_epoch_checkpoint(params: AttributeDict, st: TrainState, sampler) -> None:
+    """epoch-N.pt, and best-train-loss.pt / best-valid-loss.pt copies as icefall makes."""
+    if st.rank != 0:
+        return
+    exp_dir = Path(params.exp_dir)
+    filename = exp_dir / f"epoch-{params.cur_epoch}.pt"
+    save_training_checkpoint(filename, params, st.model, st.model_avg, st.optimizer,
+                             st.scheduler, st.scaler, sampler)
+    for kind in ("train", "valid"):
+        if params[f"best_{kind}_epoch"] == params.cur_epoch:
+            tmp = exp_dir / f".best-{kind}-loss.pt.tmp"
+            shutil.copyfile(filename, tmp)
+            tmp.replace(exp_dir / f"best-{kind}-loss.pt")
+
+
+# ---------------------------------------------------------------------------------------
+# Data, set-up and entry point
+# ---------------------------------------------------------------------------------------
+
+
+def _manifest_paths(params: AttributeDict, names: str) -> list[Path]:
+    return [Path(params.manifest_dir) / n.strip() for n in names.split(",") if n.strip()]
+
+
+def _load_all(paths: list[Path]):
+    from lhotse import combine
+
+    sets = [load_cuts(p) for p in paths]
+    return sets[0] if len(sets) == 1 else combine(*sets)
+
+
+def make_dataloaders(params: AttributeDict, sp, sampler_state: dict | None):
+    """(train_dl, valid_dl): filtered training cuts (muxed with --use-mux) and valid cuts."""
+    dm = AsrDataModule(params)
+    train_cuts = filter_cuts(_load_all(_manifest_paths(params, params.train_cuts)), sp)
+    if params.use_mux:
+        orig = filter_cuts(_load_all(_manifest_paths(params, params.mux_cuts)), sp)
+        train_cuts = dm.mux_train_cuts(train_cuts, orig)
+    valid_cuts = filter_cuts(_load_all(_manifest_paths(params, params.valid_cuts)), sp)
+    return dm.train_dataloaders(train_cuts, sampler_state_dict=sampler_state), \
+        dm.valid_dataloaders(valid_cuts)
+
+
+def _make_state(params: AttributeDict, rank: int, world_size: int, device: torch.device,
+                sp) -> tuple[TrainState, dict[str, Any] | None]:
+    model = build_model(params)
+    model_avg = copy.deepcopy(model).to(torch.float64) if rank == 0 else None
+    checkpoint = load_resume_checkpoint(params, model, model_avg)
+    if params.inf_check:
+        register_inf_check_hooks(model)
+    model.to(device)
+    if world_size > 1:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                    find_unused_parameters=True)
+    optimizer, scheduler = make_optimizer(model, params)
+    scaler = torch.amp.GradScaler(device.type, enabled=params.use_fp16 and
+                                  device.type == "cuda")
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("grad_scaler"):
+            scaler.load_state_dict(checkpoint["grad_scaler"])
+    tb_writer = None
+    if params.tensorboard and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb_writer = SummaryWriter(log_dir=str(Path(params.exp_dir) / "tensorboard"))
+    st = TrainState(model, model_avg, optimizer, scheduler, scaler, sp, tb_writer, rank,
+                    world_size, device)
+    return st, checkpoint
+
+
+def train(params: AttributeDict, rank: int, world_size: int, device: torch.device) -> None:
+    """Builds everything and runs the epochs (called on every rank)."""
+    fix_random_seed(params.seed)
+    sp = load_bpe_model(params.bpe_model)
+    params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
+    if params.use_fp16 and device.type != "cuda":
+        logging.warning("--use-fp16 1 needs CUDA; training in float32 on the CPU")
+    st, checkpoint = _make_state(params, rank, world_size, device, sp)
+    resume_mid_epoch = params.start_batch > 0 and checkpoint is not None
+    sampler_state = checkpoint.get("sampler") if resume_mid_epoch else None
+    train_dl, valid_dl = make_dataloaders(params, sp, sampler_state)
+    for epoch in range(params.start_epoch, params.num_epochs + 1):
+        st.scheduler.step_epoch(epoch - 1)
+        fix_random_seed(params.seed + epoch - 1)
+        train_dl.sampler.set_epoch(epoch - 1)
+        if resume_mid_epoch and epoch == params.start_epoch:
+            set_rng_state(checkpoint["rng"])
+        params.cur_epoch = epoch
+        if st.tb_writer is not None:
+            st.tb_writer.add_scalar("train/epoch", epoch, params.batch_idx_train)
+        train_one_epoch(params, st, train_dl, valid_dl)
+        save_epoch_checkpoint(params, st, train_dl.sampler)
+    diff = max_param_difference_across_ranks(st.model)
+    if world_size > 1:
+        logging.info(f"Max parameter difference across {world_size} ranks: {diff:.3g}")
+    logging.info(f"Done. {params.num_bad_batches} batches skipped for non-finite loss.")
+
+
+def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
+    """Entry point of one process."""
+    params = get_params()
+    params.update(vars(args))
+    params.world_size = world_size
+    setup_logger(Path(params.exp_dir) / "log" / "log-train", rank=rank)
+    device = setup_dist(rank, world_size, params.master_port)
+    try:
+        train(params, rank, world_size, device)
+    finally:
+        cleanup_dist()
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Checks the user's files before any process starts, so that a bad path or a
+    checkpoint that does not fit the flags is one clear error, not a traceback."""
+    load_bpe_model(args.bpe_model)
+    params = AttributeDict(get_params(), **vars(args))
+    for names in (args.train_cuts, args.valid_cuts) + ((args.mux_cuts,) if args.use_mux else ()):
+        for p in _manifest_paths(params, names):
+            check_manifest(p)
+    resume = resume_filename(params)
+    if resume is None and not (args.do_finetune and args.finetune_ckpt):
+        return
+    sp = load_bpe_model(args.bpe_model)
+    params.vocab_size, params.blank_id = sp.get_piece_size(), sp.piece_to_id("<blk>")
+    with torch.device("meta"):
+        model = get_model(params)
+    if resume is not None:
+        data = load_checkpoint_file(resume, allow_unsafe=args.trust_checkpoint)
+        check_state_dict_fits(model, model_state_from(data, resume), resume)
+    elif args.do_finetune:
+        finetune_state(model, args.finetune_ckpt, args.init_modules,
+                       allow_unsafe=args.trust_checkpoint)
+
+
+def main(recipe: Recipe, argv: list[str] | None = None) -> None:
+    """Parses flags, checks inputs, and trains on --world-size processes (or torchrun's)."""
+    args = get_parser(recipe).parse_args(argv)
+    Path(args.exp_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        preflight(args)
+    except (ValueError, OSError, CheckpointError) as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    launch(run, args.world_size, args)
