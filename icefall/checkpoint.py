@@ -63,13 +63,17 @@ def load_checkpoint_file(filename: str | Path, allow_unsafe: bool = False) -> di
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a disallowed class: the file itself is broken
+            raise CheckpointError(f"cannot read checkpoint {path}: not a valid torch "
+                                  "checkpoint file") from e
         if not allow_unsafe:
             raise CheckpointError(
-                f"{path} stores Python objects, so it only loads with full unpickling, which "
-                "can run arbitrary code (icefall's own epoch-N.pt keeps params as an "
-                "AttributeDict). Load it only if you trust it: pass --trust-checkpoint 1, or "
-                "keep only its model weights: torch.save({'model': ckpt['model']}, ...)"
-            ) from e
+                f"{path} stores Python objects ({found.group(1)}), so it only loads with "
+                "full unpickling, which can run arbitrary code (icefall's own epoch-N.pt "
+                "keeps params as an AttributeDict). Load it only if you trust it: pass "
+                "--trust-checkpoint 1, or keep only its model weights: "
+                "torch.save({'model': ckpt['model']}, ...)") from e
         data = _load_trusted(path)
     except Exception as e:  # noqa: BLE001 - any read/format failure is reported the same way
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e

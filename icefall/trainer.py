@@ -371,9 +371,10 @@ def compute_loss(params: AttributeDict, model: nn.Module, sp, batch: dict,
     info["utterances"] = float(feature.shape[0])
     info["loss"] = float(loss.detach())
     if params.use_transducer:
-        info["simple_loss"], info["pruned_loss"] = float(simple), float(pruned)
+        info["simple_loss"] = float(simple.detach())
+        info["pruned_loss"] = float(pruned.detach())
     if params.use_ctc:
-        info["ctc_loss"] = float(ctc)
+        info["ctc_loss"] = float(ctc.detach())
     return loss, info
 
 
@@ -496,12 +497,21 @@ def validate(params: AttributeDict, st: TrainState, valid_dl) -> None:
         valid.write_summary(st.tb_writer, "train/valid_", params.batch_idx_train)
 
 
-def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl) -> None:
-    """Trains over train_dl once; params.train_loss is the epoch's loss per frame."""
+def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl,
+                    rng_state: dict[str, Any] | None = None) -> None:
+    """Trains over train_dl once; params.train_loss is the epoch's loss per frame.
+
+    Args:
+      rng_state: generator states to restore once the batch iterator exists (creating it
+        draws from torch's generator), when resuming mid-epoch.
+    """
     set_train_mode(st.model, params)
     tot, epoch_tot = MetricsTracker(), MetricsTracker()
     start, utts = time.time(), 0.0
-    for batch_idx, batch in enumerate(train_dl):
+    batches = iter(train_dl)
+    if rng_state is not None:
+        set_rng_state(rng_state)
+    for batch_idx, batch in enumerate(batches):
         params.batch_idx_train += 1
         info = train_step(params, st, batch)
         if info is None:
@@ -609,12 +619,11 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
         st.scheduler.step_epoch(epoch - 1)
         fix_random_seed(params.seed + epoch - 1)
         train_dl.sampler.set_epoch(epoch - 1)
-        if resume_mid_epoch and epoch == params.start_epoch:
-            set_rng_state(checkpoint["rng"])
         params.cur_epoch = epoch
         if st.tb_writer is not None:
             st.tb_writer.add_scalar("train/epoch", epoch, params.batch_idx_train)
-        train_one_epoch(params, st, train_dl, valid_dl)
+        resume = resume_mid_epoch and epoch == params.start_epoch
+        train_one_epoch(params, st, train_dl, valid_dl, checkpoint["rng"] if resume else None)
         save_epoch_checkpoint(params, st, train_dl.sampler)
     diff = max_param_difference_across_ranks(st.model)
     if world_size > 1:
