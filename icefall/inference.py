@@ -1,0 +1,148 @@
+"""Choosing, averaging and loading the model for decoding and export.
+
+icefall's flags: ``--epoch E --avg N`` averages ``epoch-(E-N+1) .. epoch-E.pt``;
+``--iter B --avg N`` averages the N newest ``checkpoint-*.pt`` up to batch B; with
+``--use-averaged-model 1`` the running averages of two checkpoints N apart give the
+model averaged over every batch between them (``epoch-(E-N).pt`` and ``epoch-E.pt``,
+or the newest and the (N+1)-th newest ``checkpoint-*.pt``).
+
+``--use-adapters 0`` with a checkpoint that has adapters keeps them loaded but switched
+off, which computes exactly the base model; ``--use-adapters 1`` with a checkpoint
+without adapters is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from icefall.checkpoint import (
+    CheckpointError,
+    average_checkpoints,
+    average_checkpoints_with_averaged_model,
+    check_state_dict_fits,
+    find_checkpoints,
+    load_checkpoint_file,
+    model_state_from,
+)
+from icefall.finetune import strip_ddp_prefix
+from icefall.utils import str2bool
+from icefall.zipformer import adapter_parameter_names, get_model, set_adapters_enabled
+from icefall.zipformer.model import AsrModel
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, exp_dir: str,
+                             epoch: int = 30, avg: int = 15) -> None:
+    """--epoch --iter --avg --use-averaged-model --exp-dir --trust-checkpoint."""
+    a = parser.add_argument
+    a("--epoch", type=int, default=epoch,
+      help="Decode with epoch-EPOCH.pt (averaged with earlier epochs, see --avg).")
+    a("--iter", type=int, default=0,
+      help="If positive, use checkpoint-*.pt files up to this batch instead of --epoch.")
+    a("--avg", type=int, default=avg, help="Number of checkpoints to average.")
+    a("--use-averaged-model", type=str2bool, default=True,
+      help="Average over every batch between two checkpoints --avg apart, using their "
+           "running averages (model_avg).")
+    a("--exp-dir", type=Path, default=Path(exp_dir), help="The experiment folder.")
+    a("--trust-checkpoint", type=str2bool, default=False,
+      help="Allow checkpoints that need full unpickling (only for files you trust).")
+
+
+def checkpoint_suffix(params: Mapping[str, Any]) -> str:
+    """icefall's tag of the chosen model: ``epoch-30-avg-9-use-averaged-model``."""
+    base = (f"iter-{params['iter']}" if params["iter"] > 0 else f"epoch-{params['epoch']}")
+    tag = f"{base}-avg-{params['avg']}"
+    return tag + ("-use-averaged-model" if params["use_averaged_model"] else "")
+
+
+def _epoch_files(exp_dir: Path, first: int, last: int) -> list[Path]:
+    files = [exp_dir / f"epoch-{i}.pt" for i in range(max(first, 1), last + 1)]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint not found: {missing[0]} (needed by --epoch "
+                              f"{last} --avg); lower --avg or pick another --epoch")
+    return files
+
+
+def _iter_files(exp_dir: Path, iteration: int, count: int, avg: int) -> list[Path]:
+    files = find_checkpoints(exp_dir, iteration)[:count]
+    if len(files) < count:
+        raise CheckpointError(f"--iter {iteration} --avg {avg} needs {count} checkpoint-*.pt "
+                              f"files in {exp_dir} up to batch {iteration}, found "
+                              f"{len(files)}")
+    return files
+
+
+def select_state_dict(params: Mapping[str, Any]) -> tuple[dict[str, Tensor], str]:
+    """The (averaged) model state chosen by the flags, and a description of it."""
+    exp_dir, avg, unsafe = Path(params["exp_dir"]), params["avg"], params["trust_checkpoint"]
+    if avg < 1:
+        raise ValueError(f"--avg must be >= 1, got {avg}")
+    if params["use_averaged_model"]:
+        if params["iter"] > 0:
+            files = _iter_files(exp_dir, params["iter"], avg + 1, avg)
+            start, end = files[-1], files[0]
+        else:
+            if params["epoch"] - avg < 1:
+                raise CheckpointError(
+                    f"--use-averaged-model 1 --epoch {params['epoch']} --avg {avg} needs "
+                    f"epoch-{params['epoch'] - avg}.pt, which cannot exist; use --avg "
+                    f"{params['epoch'] - 1} or less, or --use-averaged-model 0")
+            start, end = (_epoch_files(exp_dir, e, e)[0]
+                          for e in (params["epoch"] - avg, params["epoch"]))
+        state = average_checkpoints_with_averaged_model(start, end, allow_unsafe=unsafe)
+        return state, f"averaged model between {start} and {end}"
+    if params["iter"] > 0:
+        files = _iter_files(exp_dir, params["iter"], avg, avg)
+    else:
+        files = _epoch_files(exp_dir, params["epoch"] - avg + 1, params["epoch"])
+        if len(files) < avg:
+            raise CheckpointError(f"--epoch {params['epoch']} --avg {avg}: only "
+                                  f"{len(files)} epochs exist before epoch {params['epoch']}")
+    if len(files) == 1:
+        state = model_state_from(load_checkpoint_file(files[0], unsafe), files[0])
+    else:
+        state = average_checkpoints(files, allow_unsafe=unsafe)
+    return strip_ddp_prefix(state), f"average of {', '.join(str(f) for f in files)}"
+
+
+def model_from_state(params: Mapping[str, Any], state: Mapping[str, Tensor],
+                     source: str) -> AsrModel:
+    """Builds the model of the flags around ``state`` (see the module docstring)."""
+    cfg = dict(params)
+    cfg["use_adapters"] = True
+    with torch.device("meta"):
+        probe = get_model(cfg)
+    has_adapters = any(k in state for k in adapter_parameter_names(probe))
+    if params["use_adapters"] and not has_adapters:
+        raise CheckpointError(f"{source} has no adapter weights: decode it with "
+                              "--use-adapters 0")
+    cfg["use_adapters"] = has_adapters
+    model = get_model(cfg)
+    check_state_dict_fits(model, state, source)
+    model.load_state_dict(state)
+    set_adapters_enabled(model, bool(params["use_adapters"]))
+    return model
+
+
+def load_model(params: Mapping[str, Any], device: torch.device | str = "cpu") -> AsrModel:
+    """The model chosen by the checkpoint flags, in eval mode on ``device``."""
+    state, source = select_state_dict(params)
+    logging.info(f"Using the {source}")
+    model = model_from_state(params, state, source)
+    adapters = "on" if params["use_adapters"] else "off (or absent)"
+    logging.info(f"Adapters {adapters}; {sum(p.numel() for p in model.parameters())} "
+                 "parameters")
+    return model.to(device).eval()
+
+
+def set_model_dims_from_bpe(params: dict[str, Any], sp) -> None:
+    """vocab_size and blank_id from the BPE model, as icefall recipes set them."""
+    params["vocab_size"] = sp.get_piece_size()
+    params["blank_id"] = sp.piece_to_id("<blk>")
