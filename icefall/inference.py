@@ -97,7 +97,7 @@ def select_state_dict(params: Mapping[str, Any]) -> tuple[dict[str, Tensor], str
             start, end = (_epoch_files(exp_dir, e, e)[0]
                           for e in (params["epoch"] - avg, params["epoch"]))
         state = average_checkpoints_with_averaged_model(start, end, allow_unsafe=unsafe)
-        return state, f"averaged model between {start} and {end}"
+        return state, f"the averaged model between {start} and {end}"
     if params["iter"] > 0:
         files = _iter_files(exp_dir, params["iter"], avg, avg)
     else:
@@ -107,8 +107,8 @@ def select_state_dict(params: Mapping[str, Any]) -> tuple[dict[str, Tensor], str
                                   f"{len(files)} epochs exist before epoch {params['epoch']}")
     if len(files) == 1:
         state = model_state_from(load_checkpoint_file(files[0], unsafe), files[0])
-    else:
-        state = average_checkpoints(files, allow_unsafe=unsafe)
+        return strip_ddp_prefix(state), str(files[0])
+    state = average_checkpoints(files, allow_unsafe=unsafe)
     return strip_ddp_prefix(state), f"average of {', '.join(str(f) for f in files)}"
 
 
@@ -134,11 +134,10 @@ def model_from_state(params: Mapping[str, Any], state: Mapping[str, Tensor],
 def load_model(params: Mapping[str, Any], device: torch.device | str = "cpu") -> AsrModel:
     """The model chosen by the checkpoint flags, in eval mode on ``device``."""
     state, source = select_state_dict(params)
-    logging.info(f"Using the {source}")
     model = model_from_state(params, state, source)
     adapters = "on" if params["use_adapters"] else "off (or absent)"
-    logging.info(f"Adapters {adapters}; {sum(p.numel() for p in model.parameters())} "
-                 "parameters")
+    logging.info(f"Using {source}; adapters {adapters}; "
+                 f"{sum(p.numel() for p in model.parameters())} parameters")
     return model.to(device).eval()
 
 

@@ -48,8 +48,61 @@ TINY_MODEL = {
 }
 
 
+# Two stacks: the model the training, decoding and export tests train (fast to train).
+TRAIN_MODEL = {
+    "num_encoder_layers": "1,1",
+    "downsampling_factor": "1,2",
+    "feedforward_dim": "128,128",
+    "num_heads": "2,2",
+    "encoder_dim": "64,64",
+    "query_head_dim": "16",
+    "value_head_dim": "8",
+    "pos_head_dim": "4",
+    "pos_dim": 16,
+    "encoder_unmasked_dim": "48,48",
+    "cnn_module_kernel": "15,15",
+    "decoder_dim": 64,
+    "joiner_dim": 64,
+    "context_size": 2,
+}
+
+
 def tiny_params(**overrides) -> dict:
     """The TINY_MODEL configuration with ``overrides`` applied."""
     params = dict(TINY_MODEL)
     params.update(overrides)
     return params
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The generated two-domain corpus and its BPE model (test/corpus.py)."""
+    from corpus import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus"), num_train=200, num_valid=16)
+
+
+@pytest.fixture(scope="session")
+def base_run(corpus, tmp_path_factory):
+    """exp dir of a 2-epoch base model trained on domain A by zipformer/train.py."""
+    from runs import train_args
+
+    from icefall.trainer import BASE_RECIPE, main
+
+    exp = tmp_path_factory.mktemp("base")
+    main(BASE_RECIPE, train_args(corpus, exp, "a", 8))
+    return exp
+
+
+@pytest.fixture(scope="session")
+def adapter_run(corpus, base_run, tmp_path_factory):
+    """exp dir of adapters (dim 8) fine-tuned on domain B from base_run's epoch-8.pt."""
+    from runs import train_args
+
+    from icefall.trainer import ADAPTER_RECIPE, main
+
+    exp = tmp_path_factory.mktemp("adapt")
+    main(ADAPTER_RECIPE, train_args(corpus, exp, "b", 2, "--do-finetune", "1",
+                                    "--finetune-ckpt", str(base_run / "epoch-8.pt"),
+                                    "--use-adapters", "1", "--adapter-dim", "8"))
+    return exp
