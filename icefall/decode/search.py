@@ -143,7 +143,7 @@ def _unsort(items: list, order: Tensor) -> list:
 # ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_search(model: nn.Module, encoder_out: Tensor, max_sym_per_frame: int = 1,
                   blank_penalty: float = 0.0,
                   return_timestamps: bool = False) -> list[int] | DecodingResults:
@@ -188,7 +188,7 @@ def greedy_search(model: nn.Module, encoder_out: Tensor, max_sym_per_frame: int 
     return tokens
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens: Tensor,
                         blank_penalty: float = 0.0, return_timestamps: bool = False,
                         max_sym_per_frame: int = 1) -> list[list[int]] | DecodingResults:
@@ -216,19 +216,27 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
     enc = model.joiner.encoder_proj(encoder_out.index_select(0, order))  # (N, T, J)
     context = torch.tensor([_initial_context(K, blank_id)] * N, device=device)  # (N, K)
     dec = _decoder_proj(model, context)  # (N, J)
-    records: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, tokens, log-probs) per step
+    records: list[tuple[Tensor, Tensor, Tensor | None]] = []  # (rows, tokens, log-probs)
     frames: list[int] = []
     for t, active in enumerate(_active_counts(sorted_lens, T)):
-        rows = torch.arange(active, device=device)
+        rows: Tensor | None = None  # None: all of [0, active), read as slices
         for _ in range(max_sym_per_frame):
-            logits = model.joiner(enc[rows, t], dec[rows], project_input=False)  # (R, V)
-            logp = _log_probs(logits, blank_id, blank_penalty)
-            tok = logp.argmax(dim=-1)
-            emit = (tok != blank_id) & (tok != unk_id)
-            if not bool(emit.any()):
+            e_t, d_t = (enc[:active, t], dec[:active]) if rows is None else (enc[rows, t],
+                                                                               dec[rows])
+            logits = model.joiner(e_t, d_t, project_input=False)  # (R, V)
+            if blank_penalty != 0:
+                logits[:, blank_id] -= blank_penalty
+            tok = logits.argmax(dim=-1)
+            emit = ((tok != blank_id) & (tok != unk_id)).nonzero().squeeze(1)
+            if emit.numel() == 0:
                 break
-            rows, tok = rows[emit], tok[emit]
-            records.append((rows, tok, logp[emit].gather(1, tok[:, None]).squeeze(1)))
+            rows = emit if rows is None else rows[emit]
+            tok = tok[emit]
+            logp = None  # per-token log-probs only when scores are returned
+            if return_timestamps:
+                sel = logits[emit]
+                logp = sel.gather(1, tok[:, None]).squeeze(1) - sel.logsumexp(dim=-1)
+            records.append((rows, tok, logp))
             frames.append(t)
             context[rows] = torch.cat([context[rows, 1:], tok[:, None]], dim=1)
             dec[rows] = _decoder_proj(model, context[rows])
@@ -239,12 +247,13 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
     return hyps
 
 
-def _split_records(records: list[tuple[Tensor, Tensor, Tensor]], frames: list[int],
+def _split_records(records: list[tuple[Tensor, Tensor, Tensor | None]], frames: list[int],
                    N: int) -> tuple[list[list[int]], list[list[int]], list[list[float]]]:
     """Turns the per-step emissions of greedy search into per-utterance lists.
 
     Args:
-      records: per emission step, (E_s,) utterance rows, tokens and log-probabilities.
+      records: per emission step, (E_s,) utterance rows, tokens and log-probabilities
+        (None when scores were not computed: they are then 0.0).
       frames: the frame of each step.
       N: number of utterances.
     Returns:
@@ -257,7 +266,8 @@ def _split_records(records: list[tuple[Tensor, Tensor, Tensor]], frames: list[in
         return hyps, times, scores
     rows = torch.cat([r[0] for r in records]).cpu()
     toks = torch.cat([r[1] for r in records]).cpu()
-    lps = torch.cat([r[2] for r in records]).float().cpu()
+    lps = torch.cat([torch.zeros(len(r[0])) if r[2] is None else r[2].float().cpu()
+                     for r in records])
     ts = torch.cat([torch.full((len(r[0]),), f) for r, f in zip(records, frames)])
     rows, perm = torch.sort(rows, stable=True)  # emission order is kept within a row
     counts = torch.bincount(rows, minlength=N).tolist()
@@ -365,7 +375,7 @@ def _beam_step(model: nn.Module, beams: _Beams, enc_t: Tensor, t: int, K: int, b
     beams.lens[:A] = lens
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def modified_beam_search(model: nn.Module, encoder_out: Tensor, encoder_out_lens: Tensor,
                          beam: int = 4, temperature: float = 1.0, blank_penalty: float = 0.0,
                          return_timestamps: bool = False,
@@ -464,7 +474,7 @@ def _expand_frame(A: _Hyps, beam: int, unk_id: int, blank_id: int, t: int,
     return _best_hyps(B, beam)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model: nn.Module, encoder_out: Tensor, beam: int = 4, temperature: float = 1.0,
                 blank_penalty: float = 0.0, return_timestamps: bool = False,
                 length_norm: bool = True) -> list[int] | DecodingResults:
@@ -544,7 +554,7 @@ def k2_available() -> bool:
     return True
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def fast_beam_search_one_best(model: nn.Module, decoding_graph, encoder_out: Tensor,
                               encoder_out_lens: Tensor, beam: float = 20.0,
                               max_states: int = 64, max_contexts: int = 8,

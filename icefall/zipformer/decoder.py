@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from icefall.zipformer.scaling import Balancer
+from icefall.zipformer.scaling import Balancer, _is_exporting
 
 
 class Decoder(nn.Module):
@@ -61,11 +61,29 @@ class Decoder(nn.Module):
         emb = self.balancer(emb)
         if self.context_size == 1:
             return emb
+        if not need_pad and emb.size(1) != self.context_size:
+            raise ValueError(f"decoder input must have {self.context_size} labels when "
+                             f"need_pad=False, got {emb.size(1)}")
+        if not need_pad and not _is_exporting():
+            return F.relu(self._one_step(emb)).unsqueeze(1)  # (N, 1, D)
         emb = emb.permute(0, 2, 1)  # (N, D, U)
         if need_pad:
             emb = F.pad(emb, pad=(self.context_size - 1, 0))
-        elif emb.size(-1) != self.context_size:
-            raise ValueError(f"decoder input must have {self.context_size} labels when "
-                             f"need_pad=False, got {emb.size(-1)}")
         out = F.relu(self.conv(emb).permute(0, 2, 1))  # (N, U, D)
         return self.balancer2(out)
+
+    def _one_step(self, emb: Tensor) -> Tensor:
+        """The grouped convolution at a single position, as one einsum: several times
+        faster than a convolution call for the few rows a search step updates.
+
+        Args:
+          emb: (N, K, D) embeddings of the last K labels.
+        Returns:
+          (N, D), equal to ``conv(emb.permute(0, 2, 1))[..., 0]``.
+        """
+        N, K, D = emb.shape
+        groups = self.conv.groups
+        per = D // groups
+        w = self.conv.weight.view(groups, per, per, K)  # (G, out, in, K)
+        x = emb.permute(0, 2, 1).reshape(N, groups, per, K)  # (N, G, in, K)
+        return torch.einsum("ngik,goik->ngo", x, w).reshape(N, D)
