@@ -31,7 +31,7 @@ lint: setup
 	$(PY) -m ruff check .
 
 demo: setup
-	$(MAKE) -C egs/synth/ASR demo PY=$(abspath $(PY))
+	PYTHON=$(abspath $(PY)) egs/synth/ASR/run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Compute 80-bin fbank features of the synthesised corpus and write icefall-named cuts.
+
+Usage (from egs/synth/ASR):
+
+    python local/compute_fbank_synth.py --manifest-dir data/manifests \
+        --output-dir data/fbank --num-jobs 2
+
+Reads ``synth_{a,b}_{recordings,supervisions}_{train,dev,test}.jsonl.gz`` and writes
+``data/fbank/synth_{a,b}_cuts_{train,dev,test}.jsonl.gz`` with lhotse's kaldi-compatible
+Fbank (the training features), as egs/librispeech/ASR/local/compute_fbank_*.py do. Parts
+whose cuts already exist are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from lhotse import CutSet, load_manifest
+
+from icefall.data import compute_fbank_for_part
+
+PREFIXES = ("synth_a", "synth_b")
+PARTS = ("train", "dev", "test")
+
+
+def get_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
+    p.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
+    p.add_argument("--num-jobs", type=int, default=1)
+    return p.parse_args()
+
+
+def main() -> None:
+    args = get_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    for prefix in PREFIXES:
+        for part in PARTS:
+            recs = load_manifest(args.manifest_dir / f"{prefix}_recordings_{part}.jsonl.gz")
+            sups = load_manifest(args.manifest_dir / f"{prefix}_supervisions_{part}.jsonl.gz")
+            cuts = CutSet.from_manifests(recordings=recs, supervisions=sups)
+            compute_fbank_for_part(cuts, args.output_dir, prefix, part,
+                                   num_jobs=args.num_jobs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Collect the demo's WERs into a table, exp/report.md, exp/report.json and exp/wer.png.
+
+Usage (from egs/synth/ASR, after run.sh's decoding stages):
+
+    python local/make_report.py --exp-dir exp
+
+Reads ``<exp-dir>/decode/<system>/wer-summary-<set>-*.txt`` (written by the decode
+scripts), ``<exp-dir>/stage_seconds.tsv`` (written by run.sh) and the adapter training
+log's "A total of N trainable parameters" line; checks the demo's targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from icefall.decode.report import read_wer_summary
+from icefall.utils import atomic_write_text
+
+# report key -> (decode folder, test set)
+SYSTEMS = {
+    "base/A": ("base", "A"), "base/B": ("base", "B"),
+    "adapter/B": ("adapter", "B"), "adapter_off/A": ("adapter_off", "A"),
+    "adapter_off/B": ("adapter_off", "B"),
+    "full_ft/A": ("full_ft", "A"), "full_ft/B": ("full_ft", "B"),
+    "onnx/B": ("onnx", "B"), "onnx_int8/B": ("onnx_int8", "B"),
+    "sherpa_onnx/B": ("sherpa_onnx", "B"),
+}
+
+
+def read_wers(exp_dir: Path) -> dict[str, float]:
+    """WER (%) of every system whose wer-summary file exists."""
+    wers = {}
+    for key, (folder, test_set) in SYSTEMS.items():
+        files = sorted((exp_dir / "decode" / folder).glob(f"wer-summary-{test_set}-*.txt"))
+        if files:
+            wers[key] = read_wer_summary(files[0])[0][1]
+    return wers
+
+
+def read_seconds(exp_dir: Path) -> dict[str, int]:
+    path = exp_dir / "stage_seconds.tsv"
+    if not path.exists():
+        return {}
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    return {name: int(s) for name, s in rows}
+
+
+def read_param_counts(exp_dir: Path) -> tuple[int | None, int | None]:
+    """(trainable, total) from the adapter run's log line."""
+    log = exp_dir / "adapter" / "log" / "log-train"
+    if not log.exists():
+        return None, None
+    m = re.search(r"A total of (\d+) trainable parameters \(([\d.]+)% of the whole model\)",
+                  log.read_text())
+    if not m:
+        return None, None
+    trainable = int(m.group(1))
+    return trainable, round(trainable * 100.0 / float(m.group(2)))
+
+
+def check_targets(w: dict[str, float], seconds: dict[str, int]) -> list[tuple[str, bool, str]]:
+    """(target, met, measured) for each of the demo's targets that can be evaluated."""
+    checks = []
+    total = sum(seconds.values())
+    checks.append(("whole run <= 15 min", total <= 900, f"{total / 60:.1f} min"))
+    if "base/A" in w:
+        checks.append(("base/A <= 10% WER", w["base/A"] <= 10.0, f"{w['base/A']:.2f}%"))
+    if {"base/A", "base/B"} <= w.keys():
+        checks.append(("base/B >= 2x base/A", w["base/B"] >= 2 * w["base/A"],
+                       f"{w['base/B'] / max(w['base/A'], 1e-9):.1f}x"))
+    if {"base/B", "adapter/B", "full_ft/B"} <= w.keys():
+        gain = w["base/B"] - w["full_ft/B"]
+        rec = (w["base/B"] - w["adapter/B"]) / gain if gain > 0 else float("nan")
+        checks.append(("adapters recover >= 60% of full fine-tuning's gain on B", rec >= 0.6,
+                       f"{100 * rec:.0f}%"))
+    if {"base/A", "adapter_off/A"} <= w.keys():
+        checks.append(("adapters off on A == base/A", w["adapter_off/A"] == w["base/A"],
+                       f"{w['adapter_off/A']:.2f}% vs {w['base/A']:.2f}%"))
+    for key, tol in (("onnx/B", 0.0), ("sherpa_onnx/B", 0.0), ("onnx_int8/B", 1.0)):
+        if {key, "adapter/B"} <= w.keys():
+            diff = abs(w[key] - w["adapter/B"])
+            checks.append((f"{key} within {tol:g} of adapter/B", diff <= tol,
+                           f"{w[key]:.2f}% vs {w['adapter/B']:.2f}%"))
+    return checks
+
+
+def _cell(w: dict[str, float], key: str) -> str:
+    return f"{w[key]:.2f}" if key in w else "-"
+
+
+def wer_table(w: dict[str, float]) -> str:
+    """The seed's table in miniature (WER %, test sets of domains A and B)."""
+    rows = [("base model (trained on A)", "base/A", "base/B"),
+            ("adapters, trained on B", "adapter_off/A", "adapter/B"),
+            ("full fine-tuning on B", "full_ft/A", "full_ft/B"),
+            ("adapters: ONNX Runtime fp32", None, "onnx/B"),
+            ("adapters: ONNX Runtime int8", None, "onnx_int8/B"),
+            ("adapters: sherpa-onnx", None, "sherpa_onnx/B")]
+    lines = ["| system | A (audiobooks) | B (podcasts) |", "|---|---|---|"]
+    for name, a, b in rows:
+        a_cell = ("-" if a is None else _cell(w, a) + (" (adapters off)" if a == "adapter_off/A"
+                                                       and a in w else ""))
+        lines.append(f"| {name} | {a_cell} | {_cell(w, b)} |")
+    return "\n".join(lines)
+
+
+def plot(w: dict[str, float], path: Path) -> None:
+    """Bar chart of the WERs (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in SYSTEMS if k in w]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bars = ax.bar(range(len(keys)), [w[k] for k in keys],
+                  color=["tab:blue" if k.endswith("/A") else "tab:orange" for k in keys])
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(keys)), keys, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("WER (%)")
+    ax.set_title("zipformer-adapter demo: domain A (blue) and B (orange)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp-dir", type=Path, default=Path("exp"))
+    args = p.parse_args()
+    w, seconds = read_wers(args.exp_dir), read_seconds(args.exp_dir)
+    trainable, total = read_param_counts(args.exp_dir)
+    checks = check_targets(w, seconds)
+    report = {"wer": w, "trainable_params": trainable, "total_params": total,
+              "seconds": seconds,
+              "targets": [{"target": t, "met": ok, "measured": m} for t, ok, m in checks]}
+    table = wer_table(w)
+    lines = ["# zipformer-adapter demo report", "", table, "",
+             f"Trainable parameters with adapters: {trainable} of {total}.", "",
+             "| target | measured | met |", "|---|---|---|",
+             *(f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, ok, m in checks), "",
+             "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in seconds.items())]
+    atomic_write_text(args.exp_dir / "report.md", "\n".join(lines) + "\n")
+    atomic_write_text(args.exp_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    plot(w, args.exp_dir / "wer.png")
+    print(table)
+    print("\n".join(f"{'ok ' if ok else 'NO '} {t}: {m}" for t, ok, m in checks))
+    print(f"Report: {args.exp_dir / 'report.md'}, {args.exp_dir / 'report.json'}, "
+          f"{args.exp_dir / 'wer.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# The whole story on the embedded two-domain corpus, with the real recipe scripts of
+# egs/librispeech/ASR: base model on domain A, domain shift to B, adapters on B, adapters
+# off on A, full fine-tuning for comparison, ONNX export and its decoding with ONNX
+# Runtime (fp32, int8) and sherpa-onnx, then the WER table and exp/report.{md,json},
+# exp/wer.png. Stages whose outputs exist are skipped, so an interrupted run resumes.
+#
+# Usage (from anywhere; `make demo` runs it with the project's virtual environment):
+#   egs/synth/ASR/run.sh
+#   egs/synth/ASR/run.sh --stage 5                   # from the adapter stage on
+#   egs/synth/ASR/run.sh --exp-dir exp_small --num-utts-a 48 --num-utts-b 24 ...  # CI size
+set -eou pipefail
+
+stage=0
+stop_stage=100
+exp_dir=exp
+# corpus (prepare.sh)
+num_utts_a=3000
+num_utts_b=1000
+num_dev=200
+num_test=200
+vocab_size=300
+num_jobs=2
+# model (icefall flags; a small two-stack Zipformer)
+model_flags="--num-encoder-layers 2,2 --downsampling-factor 1,2 --encoder-dim 96,128
+  --feedforward-dim 256,384 --num-heads 4,4 --encoder-unmasked-dim 64,96
+  --cnn-module-kernel 15,15 --query-head-dim 16 --value-head-dim 8 --pos-dim 32
+  --decoder-dim 128 --joiner-dim 128"
+adapter_dim=16
+# training (schedules scaled to a run of a few hundred batches)
+base_epochs=3
+finetune_epochs=3
+max_duration=30
+train_flags="--base-lr 0.05 --lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50
+  --ref-duration 0.5 --warm-step 100 --enable-spec-aug 0 --enable-musan 0
+  --num-buckets 10 --num-workers 0 --tensorboard 0 --log-interval 20
+  --valid-interval 100000 --save-every-n 100000"
+python=${PYTHON:-python3}
+
+cd "$(dirname "$0")"
+. local/parse_options.sh
+recipes=../../librispeech/ASR
+bpe=data/lang_bpe_$vocab_size/bpe.model
+data_flags="--manifest-dir data/fbank --bpe-model $bpe --max-duration $max_duration"
+mkdir -p "$exp_dir"
+
+log() {
+  local fname=${BASH_SOURCE[1]##*/}
+  echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+
+# run_stage N NAME OUTPUT COMMAND...: runs COMMAND unless OUTPUT exists; records seconds.
+run_stage() {
+  local n=$1 name=$2 output=$3
+  shift 3
+  if [ "$stage" -gt "$n" ] || [ "$stop_stage" -lt "$n" ]; then return; fi
+  if [ -e "$output" ]; then
+    log "Stage $n ($name): $output exists, skipping"
+    return
+  fi
+  log "Stage $n: $name"
+  local start=$SECONDS
+  "$@"
+  local seconds=$((SECONDS - start))
+  touch "$exp_dir/stage_seconds.tsv"
+  grep -v "^$name	" "$exp_dir/stage_seconds.tsv" > "$exp_dir/stage_seconds.tsv.tmp" || true
+  printf '%s\t%s\n' "$name" "$seconds" >> "$exp_dir/stage_seconds.tsv.tmp"
+  mv "$exp_dir/stage_seconds.tsv.tmp" "$exp_dir/stage_seconds.tsv"
+}
+
+# decode NAME SCRIPT EXP TEST_SETS EXTRA...: WER reports into $exp_dir/decode/NAME
+decode() {
+  local name=$1 script=$2 exp=$3 sets=$4
+  shift 4
+  # shellcheck disable=SC2086
+  $python "$recipes/$script" --exp-dir "$exp" --epoch "$epoch" --avg 1 \
+    --use-averaged-model 0 $data_flags $model_flags --num-workers 0 \
+    --test-sets "$sets" --res-dir "$exp_dir/decode/$name" "$@"
+}
+
+A_TEST="A=synth_a_cuts_test.jsonl.gz"
+B_TEST="B=synth_b_cuts_test.jsonl.gz"
+
+prepare() {
+  ./prepare.sh --num-utts-a "$num_utts_a" --num-utts-b "$num_utts_b" \
+    --num-dev "$num_dev" --num-test "$num_test" --vocab-size "$vocab_size" \
+    --num-jobs "$num_jobs"
+}
+run_stage 0 prepare "$bpe" prepare
+
+# shellcheck disable=SC2086
+train_base() {
+  $python "$recipes/zipformer/train.py" --exp-dir "$exp_dir/base" $data_flags \
+    --train-cuts synth_a_cuts_train.jsonl.gz --valid-cuts synth_a_cuts_dev.jsonl.gz \
+    --num-epochs "$base_epochs" $train_flags $model_flags
+}
+run_stage 1 train_base "$exp_dir/base/epoch-$base_epochs.pt" train_base
+
+epoch=$base_epochs
+run_stage 2 decode_base "$exp_dir/decode/base" \
+  decode base zipformer/decode.py "$exp_dir/base" "$A_TEST,$B_TEST"
+
+# finetune NAME USE_ADAPTERS: fine-tune the base model on domain B
+# shellcheck disable=SC2086
+finetune() {
+  $python "$recipes/zipformer_adapter/train.py" --exp-dir "$exp_dir/$1" $data_flags \
+    --train-cuts synth_b_cuts_train.jsonl.gz --valid-cuts synth_b_cuts_dev.jsonl.gz \
+    --num-epochs "$finetune_epochs" $train_flags $model_flags \
+    --do-finetune 1 --finetune-ckpt "$exp_dir/base/epoch-$base_epochs.pt" \
+    --use-adapters "$2" --adapter-dim "$adapter_dim"
+}
+run_stage 3 train_adapter "$exp_dir/adapter/epoch-$finetune_epochs.pt" finetune adapter 1
+
+epoch=$finetune_epochs
+run_stage 4 decode_adapter "$exp_dir/decode/adapter" \
+  decode adapter zipformer_adapter/decode.py "$exp_dir/adapter" "$B_TEST" \
+  --use-adapters 1 --adapter-dim "$adapter_dim"
+run_stage 4 decode_adapter_off "$exp_dir/decode/adapter_off" \
+  decode adapter_off zipformer_adapter/decode.py "$exp_dir/adapter" "$A_TEST,$B_TEST" \
+  --use-adapters 0 --adapter-dim "$adapter_dim"
+
+run_stage 5 train_full_ft "$exp_dir/full_ft/epoch-$finetune_epochs.pt" finetune full_ft 0
+run_stage 6 decode_full_ft "$exp_dir/decode/full_ft" \
+  decode full_ft zipformer_adapter/decode.py "$exp_dir/full_ft" "$A_TEST,$B_TEST" \
+  --use-adapters 0
+
+# shellcheck disable=SC2086
+export_onnx() {
+  $python "$recipes/zipformer_adapter/export-onnx.py" --exp-dir "$exp_dir/adapter" \
+    --epoch "$finetune_epochs" --avg 1 --use-averaged-model 0 \
+    --tokens "data/lang_bpe_$vocab_size/tokens.txt" $model_flags \
+    --use-adapters 1 --adapter-dim "$adapter_dim"
+}
+run_stage 7 export_onnx "$exp_dir/adapter/encoder-epoch-$finetune_epochs-avg-1.onnx" \
+  export_onnx
+
+# onnx_decode NAME SUFFIX: WER of the exported model (fp32 or int8) on domain B
+onnx_decode() {
+  local tag="epoch-$finetune_epochs-avg-1" d="$exp_dir/adapter"
+  $python "$recipes/zipformer_adapter/onnx_decode.py" \
+    --encoder-model-filename "$d/encoder-$tag$2.onnx" \
+    --decoder-model-filename "$d/decoder-$tag$2.onnx" \
+    --joiner-model-filename "$d/joiner-$tag$2.onnx" \
+    --tokens "data/lang_bpe_$vocab_size/tokens.txt" --manifest-dir data/fbank \
+    --max-duration "$max_duration" --test-sets "$B_TEST" --res-dir "$exp_dir/decode/$1"
+}
+run_stage 8 decode_onnx "$exp_dir/decode/onnx" onnx_decode onnx ""
+run_stage 8 decode_onnx_int8 "$exp_dir/decode/onnx_int8" onnx_decode onnx_int8 .int8
+
+sherpa_decode() {
+  local tag="epoch-$finetune_epochs-avg-1" d="$exp_dir/adapter"
+  $python local/sherpa_onnx_decode.py --encoder "$d/encoder-$tag.onnx" \
+    --decoder "$d/decoder-$tag.onnx" --joiner "$d/joiner-$tag.onnx" \
+    --tokens "data/lang_bpe_$vocab_size/tokens.txt" \
+    --cuts data/fbank/synth_b_cuts_test.jsonl.gz --test-set B \
+    --res-dir "$exp_dir/decode/sherpa_onnx"
+}
+run_stage 9 decode_sherpa_onnx "$exp_dir/decode/sherpa_onnx" sherpa_decode
+
+if [ "$stop_stage" -ge 10 ]; then
+  log "Stage 10: report"
+  $python local/make_report.py --exp-dir "$exp_dir"
+fi
