@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Stage 7 of prepare.sh: fbank features of the GigaSpeech subsets (S, DEV, TEST).
+
+Usage:
+
+  ./local/compute_fbank_gigaspeech.py --subsets "S DEV TEST" --num-jobs 4
+
+Reads data/manifests/gigaspeech_{recordings,supervisions}_<subset>.jsonl.gz, drops segments
+with non-speech tags (<SIL> <MUSIC> <NOISE> <OTHER>), removes punctuation tags and brings
+the text to LibriSpeech form, computes features of each recording once and writes one cut
+per segment to data/fbank/gigaspeech_cuts_<subset>.jsonl.gz (features in
+gigaspeech_feats_<subset>). Existing outputs are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from icefall.data.prepare import (
+    GIGASPEECH_ALL_SUBSETS,
+    GIGASPEECH_SUBSETS,
+    compute_gigaspeech_fbank,
+    run_cli,
+    split_names,
+)
+from icefall.utils import setup_logger, str2bool
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
+    parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
+    parser.add_argument("--subsets", type=str, default=" ".join(GIGASPEECH_SUBSETS),
+                        help="Space-separated GigaSpeech subsets.")
+    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel fbank processes.")
+    parser.add_argument("--progress-bar", type=str2bool, default=True)
+    return parser
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    setup_logger()
+    # One torch thread here, as in each fbank worker: N jobs use N cores.
+    torch.set_num_threads(1)
+    subsets = split_names(args.subsets, GIGASPEECH_ALL_SUBSETS, "GigaSpeech subset")
+    compute_gigaspeech_fbank(args.manifest_dir, args.output_dir, subsets, args.num_jobs,
+                             args.progress_bar)
+
+
+if __name__ == "__main__":
+    run_cli(main)

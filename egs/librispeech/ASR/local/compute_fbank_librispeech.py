@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Stage 3 of prepare.sh: 80-bin fbank features of LibriSpeech and train-all-shuf.
+
+Usage:
+
+  ./local/compute_fbank_librispeech.py --num-jobs 4
+  ./local/compute_fbank_librispeech.py --dataset "dev-clean test-clean" --perturb-speed false
+
+Reads data/manifests/librispeech_{recordings,supervisions}_<part>.jsonl.gz and writes
+data/fbank/librispeech_cuts_<part>.jsonl.gz with features in librispeech_feats_<part>
+(lhotse's Kaldi-compatible Fbank, or kaldifeat when it imports). Training parts get speed
+perturbation 0.9/1.1 (three times the cuts) unless --perturb-speed false. Then
+librispeech_cuts_train-all-shuf.jsonl.gz is the training parts concatenated and shuffled
+(--seed). Existing outputs are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from icefall.data.prepare import (
+    LIBRISPEECH_PARTS,
+    compute_librispeech_fbank,
+    make_train_all_shuf,
+    run_cli,
+    split_names,
+)
+from icefall.utils import setup_logger, str2bool
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
+    parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
+    parser.add_argument("--dataset", type=str, default=None,
+                        help="Space-separated parts; default: every part with manifests.")
+    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel fbank processes.")
+    parser.add_argument("--perturb-speed", type=str2bool, default=True,
+                        help="Add 0.9x and 1.1x speed copies of the training parts.")
+    parser.add_argument("--train-all-shuf", type=str2bool, default=True,
+                        help="Write librispeech_cuts_train-all-shuf.jsonl.gz.")
+    parser.add_argument("--seed", type=int, default=42, help="Shuffling seed.")
+    parser.add_argument("--progress-bar", type=str2bool, default=True)
+    return parser
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    setup_logger()
+    # One torch thread here, as in each fbank worker: N jobs use N cores.
+    torch.set_num_threads(1)
+    parts = split_names(args.dataset, LIBRISPEECH_PARTS, "LibriSpeech part") \
+        if args.dataset else None
+    compute_librispeech_fbank(args.manifest_dir, args.output_dir, parts, args.num_jobs,
+                              args.perturb_speed, args.progress_bar)
+    if args.train_all_shuf:
+        make_train_all_shuf(args.output_dir, args.seed)
+
+
+if __name__ == "__main__":
+    run_cli(main)

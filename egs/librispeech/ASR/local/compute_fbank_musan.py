@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Stage 4 of prepare.sh: fbank features of MUSAN for noise mixing (--enable-musan).
+
+Usage:
+
+  ./local/compute_fbank_musan.py --num-jobs 4
+
+Reads data/manifests/musan_recordings_{music,speech,noise}.jsonl.gz, cuts the recordings
+into 10 s windows, keeps those longer than 5 s and writes data/fbank/musan_cuts.jsonl.gz
+with features in data/fbank/musan_feats, as icefall does. An existing output is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from icefall.data.prepare import compute_musan_fbank, run_cli
+from icefall.utils import setup_logger, str2bool
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
+    parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
+    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel fbank processes.")
+    parser.add_argument("--progress-bar", type=str2bool, default=True)
+    return parser
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    setup_logger()
+    # One torch thread here, as in each fbank worker: N jobs use N cores.
+    torch.set_num_threads(1)
+    compute_musan_fbank(args.manifest_dir, args.output_dir, args.num_jobs, args.progress_bar)
+
+
+if __name__ == "__main__":
+    run_cli(main)
