@@ -23,6 +23,7 @@ setup(
         "kaldialign>=0.9",
         "onnx>=1.16",
         "onnxruntime>=1.18",
+        "kaldi-native-fbank>=1.20",
         "soundfile>=0.12",
         "tensorboard>=2.14",
         "numpy>=1.24",
@@ -31,5 +32,6 @@ setup(
         # Optional accelerators: used when importable, never required.
         "k2": ["k2"],
         "kaldifeat": ["kaldifeat"],
+        "sherpa": ["sherpa-onnx>=1.10"],
     },
 )

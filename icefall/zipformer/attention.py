@@ -66,11 +66,9 @@ class CompactRelPositionalEncoding(nn.Module):
         compressed = c * d.sign() * ((d.abs() + c).log() - math.log(c))
         length_scale = self.length_factor * self.embed_dim / (2.0 * math.pi)
         angle = (compressed / length_scale).atan() * freqs  # (2L-1, P/2)
-        pe = torch.zeros(d.shape[0], self.embed_dim)
-        pe[:, 0::2] = angle.cos()
-        pe[:, 1::2] = angle.sin()
-        pe[:, -1] = 1.0
-        return pe
+        # cos and sin interleaved, last dim 1 (no index assignment, so it traces)
+        pe = torch.stack((angle.cos(), angle.sin()), dim=-1).reshape(d.shape[0], -1)
+        return torch.cat((pe[:, :-1], torch.ones_like(pe[:, :1])), dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """
@@ -80,6 +78,8 @@ class CompactRelPositionalEncoding(nn.Module):
           (1, 2T - 1, P); row j is the embedding of offset j - (T - 1).
         """
         T = x.size(0)
+        if _is_exporting():  # computed in the graph: any length works, no table baked in
+            return self.dropout(self._table(T).to(x.dtype).unsqueeze(0))
         if self.pe.size(0) < 2 * T - 1:
             self.pe = self._table(T)
         if self.pe.device != x.device or self.pe.dtype != x.dtype:

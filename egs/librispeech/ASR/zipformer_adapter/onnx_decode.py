@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""WER of exported ONNX models on GigaSpeech dev/test (ONNX Runtime, GigaSpeech scoring).
+
+Usage:
+
+  ./zipformer_adapter/onnx_decode.py \
+    --encoder-model-filename zipformer_adapter/exp/encoder-epoch-20-avg-10.onnx \
+    --decoder-model-filename zipformer_adapter/exp/decoder-epoch-20-avg-10.onnx \
+    --joiner-model-filename zipformer_adapter/exp/joiner-epoch-20-avg-10.onnx \
+    --tokens zipformer_adapter/exp/tokens.txt \
+    --exp-dir zipformer_adapter/exp --max-duration 600
+
+  # an export with --use-adapters 0 on LibriSpeech
+  ./zipformer_adapter/onnx_decode.py ... --gigaspeech-scoring 0 \
+    --test-sets test-clean=librispeech_cuts_test-clean.jsonl.gz,\
+test-other=librispeech_cuts_test-other.jsonl.gz
+
+Greedy search as sherpa-onnx does it. Writes recogs-/errs-/wer-summary-<set>-
+greedy_search-<tag>.txt to <exp-dir>/onnx-greedy_search/ and logs "For <set>, WER of
+different settings are:", as decode.py does. The implementation is shared by both
+recipes (icefall/export/decode.py).
+"""
+
+from icefall.decode.recipe import ADAPTER_DECODE_GIGASPEECH
+from icefall.export.decode import main
+
+if __name__ == "__main__":
+    main(ADAPTER_DECODE_GIGASPEECH)

@@ -1,0 +1,378 @@
+"""ONNX export of the transducer in the layout sherpa-onnx reads (``export-onnx.py``).
+
+Three files, as icefall's ``zipformer/export-onnx.py`` writes them and sherpa-onnx's offline
+transducer reads them (``model_type`` "transducer", the zipformer2 encoder):
+
+- ``encoder-<tag>.onnx``: inputs ``x`` (N, T, 80) float32 and ``x_lens`` (N,) int64;
+  outputs ``encoder_out`` (N, T', joiner_dim), the joiner's ``encoder_proj`` already
+  applied, and ``encoder_out_lens`` (N,) int64; N and T dynamic. Metadata ``model_type``
+  = ``zipformer2``, ``version``, ``model_author``, ``comment`` (and informative extras).
+- ``decoder-<tag>.onnx``: input ``y`` (N, context_size) int64 (-1 is the empty context);
+  output ``decoder_out`` (N, joiner_dim), ``decoder_proj`` applied. Metadata
+  ``context_size`` and ``vocab_size``, which sherpa-onnx requires.
+- ``joiner-<tag>.onnx``: inputs ``encoder_out`` and ``decoder_out`` (N, joiner_dim);
+  output ``logit`` (N, vocab_size). Metadata ``joiner_dim``.
+
+plus ``.int8.onnx`` versions (ONNX Runtime dynamic quantisation of the weights of MatMul,
+and of the decoder's embedding Gather, as icefall's adapter recipe does) and ``tokens.txt``.
+``<tag>`` is icefall's export tag, ``epoch-E-avg-N`` or ``iter-B-avg-N``. Opset 13, the
+TorchScript exporter (``dynamo=False``).
+
+Adapters: ``--use-adapters 1`` bakes them into the encoder graph; ``--use-adapters 0``
+removes them from the model before export, so the graph and its weights are the base
+model's, even from an adapter checkpoint. Causal models export their eval behaviour
+(the first chunk size and left context, utterances shorter than a chunk as one chunk).
+
+Dimension legend: N = batch, T = feature frames, T' = encoder frames, C = encoder output
+dim, D = decoder dim, J = joiner dim, V = vocab size, K = decoder context size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from icefall.checkpoint import CheckpointError
+from icefall.export.onnx_runtime import read_token_table
+from icefall.inference import (
+    add_checkpoint_arguments,
+    checkpoint_suffix,
+    model_from_state,
+    select_state_dict,
+)
+from icefall.utils import atomic_write_bytes, to_int_tuple
+from icefall.zipformer import add_adapter_arguments, add_model_arguments, iter_adapters
+from icefall.zipformer.layer import ADAPTER_SLOTS, Zipformer2EncoderLayer
+from icefall.zipformer.model import AsrModel
+
+OPSET_VERSION = 13
+# The input the encoder is traced with; every other batch size and length works too.
+EXPORT_BATCH, EXPORT_FRAMES = 1, 100
+MODEL_AUTHOR = "zipformer-adapter"
+
+
+class OnnxEncoder(nn.Module):
+    """Frontend + Zipformer2 + the joiner's encoder projection.
+
+    forward: x (N, T, F) float32, x_lens (N,) int64 -> encoder_out (N, T', J),
+    encoder_out_lens (N,).
+    """
+
+    def __init__(self, encoder_embed: nn.Module, encoder: nn.Module,
+                 encoder_proj: nn.Module) -> None:
+        super().__init__()
+        self.encoder_embed = encoder_embed
+        self.encoder = encoder
+        self.encoder_proj = encoder_proj
+
+    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+        x, x_lens = self.encoder_embed(x, x_lens)  # (N, T'', C0)
+        # The padding mask from traced sizes (no Python ints that would freeze the length).
+        mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) >= x_lens.unsqueeze(1)
+        out, out_lens = self.encoder(x.permute(1, 0, 2), x_lens, mask)  # (T', N, C)
+        return self.encoder_proj(out.permute(1, 0, 2)), out_lens
+
+
+class OnnxDecoder(nn.Module):
+    """Stateless decoder + the joiner's decoder projection.
+
+    forward: y (N, K) int64 -> (N, J).
+    """
+
+    def __init__(self, decoder: nn.Module, decoder_proj: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.decoder_proj = decoder_proj
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.decoder_proj(self.decoder(y, need_pad=False).squeeze(1))
+
+
+class OnnxJoiner(nn.Module):
+    """The joiner on projected inputs: (N, J), (N, J) -> logit (N, V)."""
+
+    def __init__(self, output_linear: nn.Module) -> None:
+        super().__init__()
+        self.output_linear = output_linear
+
+    def forward(self, encoder_out: Tensor, decoder_out: Tensor) -> Tensor:
+        return self.output_linear(torch.tanh(encoder_out + decoder_out))
+
+
+@dataclass(frozen=True)
+class ExportedFiles:
+    """Paths written by :func:`export_transducer`."""
+
+    encoder: Path
+    decoder: Path
+    joiner: Path
+    encoder_int8: Path | None = None
+    decoder_int8: Path | None = None
+    joiner_int8: Path | None = None
+
+
+# ---------------------------------------------------------------------------
+# Model preparation
+# ---------------------------------------------------------------------------
+
+
+def remove_adapters(model: nn.Module) -> int:
+    """Empties every adapter slot, so the model (and any export of it) is the base model.
+
+    Returns:
+      The number of adapters removed.
+    """
+    removed = 0
+    for layer in model.modules():
+        if isinstance(layer, Zipformer2EncoderLayer):
+            for slot in ADAPTER_SLOTS:
+                if getattr(layer, slot) is not None:
+                    setattr(layer, slot, None)
+                    removed += 1
+    return removed
+
+
+def encoder_metadata(params: Mapping[str, Any], model: AsrModel) -> dict[str, str]:
+    """The encoder's metadata: what sherpa-onnx reads plus what the model is."""
+    adapters = [a for _, a in iter_adapters(model) if a.enabled]
+    meta = {"model_type": "zipformer2", "version": "1", "model_author": MODEL_AUTHOR,
+            "comment": "non-streaming zipformer2",
+            "feature_dim": str(model.encoder_embed.in_channels),
+            "adapters": (f"{len(adapters)} residual adapters, dim {params['adapter_dim']}"
+                         if adapters else "none")}
+    if params.get("causal"):
+        chunk = to_int_tuple(params["chunk_size"], "chunk_size")[0]
+        left = to_int_tuple(params["left_context_frames"], "left_context_frames")[0]
+        meta["comment"] = (f"non-streaming export of a causal zipformer2 (chunk {chunk}, "
+                           f"left context {left} frames)")
+        meta.update(causal="1", chunk_size=str(chunk), left_context_frames=str(left))
+    return meta
+
+
+# ---------------------------------------------------------------------------
+# Writing ONNX files
+# ---------------------------------------------------------------------------
+
+
+def _trace_to_onnx(module: nn.Module, args: tuple[Tensor, ...], input_names: list[str],
+                   output_names: list[str], dynamic_axes: dict[str, dict[int, str]],
+                   opset: int) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(module.eval(), args, buf, opset_version=opset,
+                          input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def save_with_metadata(proto: onnx.ModelProto, path: Path, metadata: Mapping[str, str]) -> None:
+    """Adds ``metadata`` (replacing same-named entries) and writes ``path`` atomically."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    for key, value in [*keep, *metadata.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    atomic_write_bytes(path, proto.SerializeToString())
+
+
+def export_encoder(model: AsrModel, path: Path, metadata: Mapping[str, str],
+                   opset: int = OPSET_VERSION) -> None:
+    """encoder-<tag>.onnx: x (N, T, F), x_lens (N,) -> encoder_out (N, T', J), lens (N,)."""
+    wrapper = OnnxEncoder(model.encoder_embed, model.encoder, model.joiner.encoder_proj)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(EXPORT_BATCH, EXPORT_FRAMES, model.encoder_embed.in_channels, generator=g)
+    x_lens = torch.full((EXPORT_BATCH,), EXPORT_FRAMES, dtype=torch.int64)
+    proto = _trace_to_onnx(wrapper, (x, x_lens), ["x", "x_lens"],
+                           ["encoder_out", "encoder_out_lens"],
+                           {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"},
+                            "encoder_out": {0: "N", 1: "T"}, "encoder_out_lens": {0: "N"}},
+                           opset)
+    save_with_metadata(proto, path, metadata)
+
+
+def export_decoder(model: AsrModel, path: Path, opset: int = OPSET_VERSION) -> None:
+    """decoder-<tag>.onnx: y (N, K) int64 -> decoder_out (N, J); metadata context_size,
+    vocab_size."""
+    decoder = model.decoder
+    y = torch.zeros(10, decoder.context_size, dtype=torch.int64)
+    y[:, 0] = -1  # trace with the start context too (id -1 embeds to zero)
+    proto = _trace_to_onnx(OnnxDecoder(decoder, model.joiner.decoder_proj), (y,), ["y"],
+                           ["decoder_out"], {"y": {0: "N"}, "decoder_out": {0: "N"}}, opset)
+    save_with_metadata(proto, path, {"context_size": str(decoder.context_size),
+                                     "vocab_size": str(decoder.vocab_size)})
+
+
+def export_joiner(model: AsrModel, path: Path, opset: int = OPSET_VERSION) -> None:
+    """joiner-<tag>.onnx: encoder_out, decoder_out (N, J) -> logit (N, V); metadata
+    joiner_dim."""
+    output_linear = model.joiner.output_linear
+    joiner_dim = output_linear.weight.shape[1]
+    g = torch.Generator().manual_seed(0)
+    enc, dec = torch.rand(11, joiner_dim, generator=g), torch.rand(11, joiner_dim, generator=g)
+    proto = _trace_to_onnx(OnnxJoiner(output_linear), (enc, dec),
+                           ["encoder_out", "decoder_out"], ["logit"],
+                           {"encoder_out": {0: "N"}, "decoder_out": {0: "N"},
+                            "logit": {0: "N"}}, opset)
+    save_with_metadata(proto, path, {"joiner_dim": str(joiner_dim)})
+
+
+class _DropPreprocessingAdvice(logging.Filter):
+    """Drops ONNX Runtime's advisory "consider pre-processing" warning, printed for every
+    model (icefall quantises without that optional pass too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def quantize_int8(src: Path, dst: Path, op_types: list[str]) -> None:
+    """ONNX Runtime dynamic quantisation (int8 weights of ``op_types``), written atomically;
+    ``src``'s metadata is kept."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}.onnx")
+    quiet = _DropPreprocessingAdvice()
+    logging.getLogger().addFilter(quiet)
+    try:
+        quantize_dynamic(model_input=str(src), model_output=str(tmp),
+                         op_types_to_quantize=op_types, weight_type=QuantType.QInt8)
+        proto = onnx.load(str(tmp))
+        meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False)
+                .metadata_props}
+        save_with_metadata(proto, dst, meta)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+        tmp.unlink(missing_ok=True)
+
+
+def export_transducer(model: AsrModel, out_dir: Path, tag: str,
+                      encoder_meta: Mapping[str, str], int8: bool = True,
+                      opset: int = OPSET_VERSION) -> ExportedFiles:
+    """Writes encoder/decoder/joiner-<tag>.onnx (and .int8.onnx) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    paths = {name: out_dir / f"{name}-{tag}.onnx" for name in ("encoder", "decoder", "joiner")}
+    logging.info(f"Exporting encoder to {paths['encoder']}")
+    export_encoder(model, paths["encoder"], encoder_meta, opset)
+    logging.info(f"Exporting decoder to {paths['decoder']}")
+    export_decoder(model, paths["decoder"], opset)
+    logging.info(f"Exporting joiner to {paths['joiner']}")
+    export_joiner(model, paths["joiner"], opset)
+    if not int8:
+        return ExportedFiles(**paths)
+    int8_paths = {f"{k}_int8": p.with_name(f"{k}-{tag}.int8.onnx") for k, p in paths.items()}
+    ops = {"encoder": ["MatMul"], "decoder": ["MatMul", "Gather"], "joiner": ["MatMul"]}
+    for name, src in paths.items():
+        logging.info(f"Quantising {src.name} to int8")
+        quantize_int8(src, int8_paths[f"{name}_int8"], ops[name])
+    return ExportedFiles(**paths, **int8_paths)
+
+
+# ---------------------------------------------------------------------------
+# export-onnx.py
+# ---------------------------------------------------------------------------
+
+
+def export_tag(params: Mapping[str, Any]) -> str:
+    """icefall's export-onnx.py tag: ``epoch-E-avg-N`` or ``iter-B-avg-N``."""
+    base = f"iter-{params['iter']}" if params["iter"] > 0 else f"epoch-{params['epoch']}"
+    return f"{base}-avg-{params['avg']}"
+
+
+def set_dims_from_tokens(params: dict[str, Any], tokens_path: Path) -> list[str]:
+    """vocab_size and blank_id from tokens.txt, as icefall's export-onnx.py sets them.
+
+    Raises:
+      ValueError: when the file is missing or malformed, or blank is not id 0 (sherpa-onnx
+        hard-codes blank = 0).
+    """
+    tokens = read_token_table(tokens_path)
+    if "<blk>" not in tokens:
+        raise ValueError(f"{tokens_path} has no <blk> token")
+    if tokens.index("<blk>") != 0:
+        raise ValueError(f"{tokens_path}: <blk> has id {tokens.index('<blk>')}; sherpa-onnx "
+                         "needs blank id 0")
+    # disambiguation symbols (#0, #1, ...) of a lexicon are not model outputs
+    params["vocab_size"] = 1 + max(i for i, t in enumerate(tokens) if t and t[0] != "#")
+    params["blank_id"] = 0
+    return tokens
+
+
+def load_export_model(params: Mapping[str, Any]) -> tuple[AsrModel, str]:
+    """The checkpoint model chosen by the flags, in eval mode on the CPU; with
+    ``use_adapters`` false any adapters are removed (the base model's graph)."""
+    state, source = select_state_dict(params)
+    model = model_from_state(params, state, source)
+    if not params["use_adapters"]:
+        removed = remove_adapters(model)
+        if removed:
+            logging.info(f"Left {removed} adapters of {source} out of the export")
+    return model.to("cpu").eval(), source
+
+
+def copy_tokens(tokens: Path, exp_dir: Path) -> Path:
+    """``exp_dir/tokens.txt``: a copy of ``tokens`` (atomic; kept if it is that file)."""
+    dst = Path(exp_dir) / "tokens.txt"
+    if not (dst.exists() and dst.resolve() == Path(tokens).resolve()):
+        tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+        shutil.copyfile(tokens, tmp)
+        os.replace(tmp, dst)
+    return dst
+
+
+def get_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_checkpoint_arguments(parser, exp_dir, epoch=28, avg=15)
+    parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
+                        help="Path to tokens.txt (copied into --exp-dir).")
+    parser.add_argument("--int8", type=int, choices=(0, 1), default=1,
+                        help="1 to also write .int8.onnx (dynamic quantisation) files.")
+    add_model_arguments(parser)
+    add_adapter_arguments(parser, use_adapters_default=use_adapters_default)
+    return parser
+
+
+def run(args: argparse.Namespace) -> ExportedFiles:
+    """Exports the model chosen by ``args``; returns the files written."""
+    params = dict(vars(args))
+    set_dims_from_tokens(params, args.tokens)
+    model, source = load_export_model(params)
+    logging.info(f"Exporting {source}")
+    encoder_meta = {**encoder_metadata(params, model), "checkpoint": checkpoint_suffix(params)}
+    tag = export_tag(params)
+    with torch.no_grad():
+        files = export_transducer(model, Path(args.exp_dir), tag, encoder_meta,
+                                  int8=bool(args.int8))
+    logging.info(f"Wrote {files.encoder.name}, {files.decoder.name}, {files.joiner.name}"
+                 f"{' and their .int8.onnx versions' if args.int8 else ''} and "
+                 f"{copy_tokens(args.tokens, Path(args.exp_dir))} to {args.exp_dir}")
+    return files
+
+
+def main(exp_dir: str, use_adapters_default: bool,
+         argv: list[str] | None = None) -> ExportedFiles:
+    """export-onnx.py; bad input is one line on stderr and exit status 1."""
+    args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] "
+                        "%(message)s", level=logging.INFO)
+    try:
+        return run(args)
+    except (ValueError, OSError, CheckpointError) as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(1)
