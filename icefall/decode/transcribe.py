@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from icefall.checkpoint import CheckpointError, load_checkpoint_file, model_state_from
 from icefall.data import load_bpe_model, make_fbank_extractor
 from icefall.decode.search import DECODING_METHODS, decode_batch
+from icefall.export.onnx_runtime import read_sound_file as read_samples
 from icefall.finetune import strip_ddp_prefix
 from icefall.inference import model_from_state, set_model_dims_from_bpe
 from icefall.utils import str2bool
@@ -46,21 +47,9 @@ def get_parser(use_adapters_default: bool) -> argparse.ArgumentParser:
 
 
 def read_sound_file(path: Path, sample_rate: int) -> Tensor:
-    """Mono float32 samples (S,) of ``path`` at ``sample_rate``.
-
-    Raises:
-      ValueError: naming the file when it cannot be read or has another sample rate.
-    """
-    import soundfile as sf
-
-    try:
-        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # noqa: BLE001 - libsndfile raises several types
-        raise ValueError(f"cannot read sound file {path}: {e}") from e
-    if sr != sample_rate:
-        raise ValueError(f"{path} has sample rate {sr}; expected {sample_rate} "
-                         "(resample it first, e.g. with sox)")
-    return torch.from_numpy(np.ascontiguousarray(samples[:, 0]))
+    """Mono float32 samples (S,) of ``path`` at ``sample_rate`` (see
+    :func:`icefall.export.onnx_runtime.read_sound_file`, the torch-free reader)."""
+    return torch.from_numpy(read_samples(path, sample_rate))
 
 
 def compute_features(waves: list[Tensor], sample_rate: int) -> tuple[Tensor, Tensor]:
