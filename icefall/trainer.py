@@ -58,6 +58,7 @@ from icefall.metrics import MetricsTracker
 from icefall.optim import Eden, ScaledAdam, get_parameter_groups_with_lrs
 from icefall.utils import AttributeDict, setup_logger, str2bool
 from icefall.zipformer import (
+    adapter_parameters,
     add_adapter_arguments,
     add_model_arguments,
     get_model,
@@ -153,6 +154,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> N
       help="With --use-mux 1: original-domain training manifests mixed into training.")
     a("--trust-checkpoint", type=str2bool, default=False,
       help="Allow checkpoints that need full unpickling (only for files you trust).")
+    a("--adapter-min-rms", type=float, default=0.01,
+      help="ScaledAdam's param_min_rms for adapter parameters: the smallest scale their "
+           "updates are sized by, so that zero-initialised adapters can grow.")
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> None:
@@ -279,12 +283,24 @@ def build_model(params: AttributeDict) -> nn.Module:
 
 
 def make_optimizer(model: nn.Module, params: AttributeDict) -> tuple[ScaledAdam, Eden]:
-    """ScaledAdam over the trainable parameters only, and the Eden schedule."""
+    """ScaledAdam over the trainable parameters only, and the Eden schedule.
+
+    ScaledAdam sizes each update by the parameter's rms, floored at ``param_min_rms``
+    (1e-5 by default). Adapters start with ``out_proj`` at zero, where that floor would
+    leave them almost still, so their parameters form groups with the floor
+    ``--adapter-min-rms``.
+    """
+    adapter_ids = {id(p) for p in adapter_parameters(unwrap(model))}
     groups = []
     for g in get_parameter_groups_with_lrs(model, lr=params.base_lr, include_names=True):
         named = [(n, p) for n, p in g["named_params"] if p.requires_grad]
-        if named:
-            groups.append({"named_params": named, "lr": g["lr"]})
+        base = [(n, p) for n, p in named if id(p) not in adapter_ids]
+        adapters = [(n, p) for n, p in named if id(p) in adapter_ids]
+        if base:
+            groups.append({"named_params": base, "lr": g["lr"]})
+        if adapters:
+            groups.append({"named_params": adapters, "lr": g["lr"],
+                           "param_min_rms": params.adapter_min_rms})
     optimizer = ScaledAdam(groups, lr=params.base_lr, clipping_scale=2.0)
     scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs,
                      warmup_batches=params.lr_warmup_batches)

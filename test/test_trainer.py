@@ -8,13 +8,23 @@ import shutil
 from pathlib import Path
 
 import torch
+from conftest import TRAIN_MODEL
 from runs import one_error_line, run_script, train_args
 
 from icefall.checkpoint import load_checkpoint_file
 from icefall.data import AsrDataModule, load_bpe_model, load_cuts
-from icefall.trainer import BASE_RECIPE, compute_loss, main
+from icefall.trainer import (
+    ADAPTER_RECIPE,
+    BASE_RECIPE,
+    compute_loss,
+    get_params,
+    get_parser,
+    main,
+    make_optimizer,
+    setup_trainable_parameters,
+)
 from icefall.utils import AttributeDict
-from icefall.zipformer import adapter_parameter_names, get_model
+from icefall.zipformer import adapter_parameter_names, get_model, iter_adapters
 
 
 def valid_loss(corpus, state: dict, saved_params: dict, domain: str = "a") -> float:
@@ -119,3 +129,35 @@ def test_missing_corrupt_and_mismatched_checkpoints(corpus, base_run, tmp_path):
     line = finetune(base_run / "epoch-2.pt", "--encoder-dim", "64,80")
     assert ("key 'encoder.encoders.1.encoder.layers.0.bypass_scale' has shape (64,) in the "
             "checkpoint but (80,) in the model") in line, line
+
+
+def _out_proj_rms_after_one_step(adapter_min_rms: float) -> float:
+    """rms of every adapter's out_proj weight after one optimizer step from zero."""
+    torch.manual_seed(0)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TRAIN_MODEL.items()]
+    args = get_parser(ADAPTER_RECIPE).parse_args(
+        flags + ["--use-adapters=1", "--adapter-dim=8", f"--adapter-min-rms={adapter_min_rms}",
+                 "--bpe-model=unused"])
+    params = get_params()
+    params.update(vars(args))
+    params.vocab_size = 40
+    params.blank_id = 0
+    model = get_model(params)
+    setup_trainable_parameters(model, use_adapters=True)
+    optimizer, _ = make_optimizer(model, params)
+    x = torch.randn(2, 60, 80)
+    y = [[1, 2, 3], [4, 5]]
+    simple, pruned, _ = model(x, torch.tensor([60, 50]), y, prune_range=3)
+    (simple + pruned).backward()
+    optimizer.step()
+    outs = [a.out_proj.weight for _, a in iter_adapters(model)]
+    return torch.cat([w.flatten() for w in outs]).pow(2).mean().sqrt().item()
+
+
+def test_adapter_min_rms_sizes_the_first_update_of_zero_adapters():
+    """ScaledAdam's first update of a zero tensor is lr * param_min_rms per element (Adam
+    normalises the gradient), so the adapter groups' floor scales it proportionally."""
+    large = _out_proj_rms_after_one_step(1e-2)
+    small = _out_proj_rms_after_one_step(1e-4)
+    assert large > 0.0
+    assert abs(large / small - 100.0) < 1.0

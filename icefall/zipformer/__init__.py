@@ -8,6 +8,7 @@ from icefall.zipformer.adapters import (
     Adapter,
     ResidualAdapter,
     adapter_parameter_names,
+    adapter_parameters,
     adapter_state_dict,
     adapters_disabled,
     add_adapters,
@@ -30,6 +31,7 @@ from icefall.zipformer.model import AsrModel
 
 __all__ = [
     "MODEL_DEFAULTS", "Adapter", "AsrModel", "ResidualAdapter", "adapter_parameter_names",
+    "adapter_parameters",
     "adapter_state_dict", "adapters_disabled", "add_adapter_arguments", "add_adapters",
     "add_model_arguments", "count_parameters", "freeze_all_but_adapters", "get_model",
     "has_adapters", "iter_adapters", "load_adapter_state_dict", "model_config",

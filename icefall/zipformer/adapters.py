@@ -108,6 +108,12 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
             a.enabled = s
 
 
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """All adapter parameters, in model.parameters() order."""
+    ids = {id(p) for _, a in iter_adapters(model) for p in a.parameters()}
+    return [p for p in model.parameters() if id(p) in ids]
+
+
 def adapter_parameter_names(model: nn.Module) -> list[str]:
     """Qualified names of all adapter parameters, in model.named_parameters() order."""
     ids = {id(p) for _, a in iter_adapters(model) for p in a.parameters()}

@@ -312,9 +312,13 @@ class DomainStyle:
     pad: tuple[float, float] = (0.1, 0.25)  # leading/trailing silence, seconds
 
 
+# A: many speakers of one accent (LibriSpeech has thousands of readers), so that the base
+# model learns speaker-independent features; B: other accents, other speakers.
 DEFAULT_VOICES = {
-    "a": ("en-us", "en-us+f1"),
-    "b": ("en-gb-x-rp+m4", "en-gb-scotland+f2", "en-029+m7", "en-us-nyc+f5"),
+    "a": ("en-us", "en-us+m1", "en-us+m2", "en-us+m3", "en-us+m4", "en-us+m5", "en-us+m6",
+          "en-us+f1", "en-us+f2", "en-us+f3", "en-us+f4"),
+    "b": ("en-gb-x-rp+m4", "en-gb-scotland+f2", "en-029+m7", "en-us-nyc+f5",
+          "en-gb-x-rp+f3", "en-029+m2"),
 }
 
 
@@ -561,18 +565,22 @@ def get_parser() -> argparse.ArgumentParser:
                    help="comma list of eSpeak voices (language+variant) for domain A")
     p.add_argument("--voices-b", default=",".join(DEFAULT_VOICES["b"]),
                    help="comma list of eSpeak voices (language+variant) for domain B")
-    p.add_argument("--rate-a", type=int, nargs=2, default=[160, 185], metavar=("LO", "HI"),
+    p.add_argument("--rate-a", type=int, nargs=2, default=[150, 190], metavar=("LO", "HI"),
                    help="domain-A speaking rate range, words per minute")
-    p.add_argument("--rate-b", type=int, nargs=2, default=[200, 235], metavar=("LO", "HI"),
+    p.add_argument("--rate-b", type=int, nargs=2, default=[195, 230], metavar=("LO", "HI"),
                    help="domain-B speaking rate range, words per minute")
     p.add_argument("--snr-a", type=float, nargs=2, default=[35.0, 45.0], metavar=("LO", "HI"),
                    help="domain-A SNR range in dB (a faint noise floor)")
-    p.add_argument("--snr-b", type=float, nargs=2, default=[10.0, 15.0], metavar=("LO", "HI"),
+    p.add_argument("--snr-b", type=float, nargs=2, default=[12.0, 18.0], metavar=("LO", "HI"),
                    help="domain-B SNR range in dB")
-    p.add_argument("--reverb-prob-b", type=float, default=0.7,
+    p.add_argument("--reverb-prob-b", type=float, default=0.5,
                    help="probability that a domain-B utterance is reverberated")
     p.add_argument("--rt60-b", type=float, nargs=2, default=[0.2, 0.5], metavar=("LO", "HI"),
                    help="domain-B reverberation time range, seconds")
+    p.add_argument("--pitch-a", type=int, nargs=2, default=[30, 70], metavar=("LO", "HI"),
+                   help="domain-A eSpeak pitch range (0..100)")
+    p.add_argument("--pitch-b", type=int, nargs=2, default=[25, 75], metavar=("LO", "HI"),
+                   help="domain-B eSpeak pitch range (0..100)")
     p.add_argument("--num-jobs", type=int, default=1, help="worker processes")
     return p
 
@@ -582,12 +590,13 @@ def domain_styles(args: argparse.Namespace) -> dict[str, DomainStyle]:
     return {
         "a": DomainStyle(
             voices=tuple(v for v in args.voices_a.split(",") if v), rate=tuple(args.rate_a),
-            pitch=(42, 58), pitch_range=(40, 60), snr_db=tuple(args.snr_a), reverb_prob=0.0,
+            pitch=tuple(args.pitch_a), pitch_range=(40, 60), snr_db=tuple(args.snr_a),
+            reverb_prob=0.0,
             rt60=(0.0, 0.0),
         ),
         "b": DomainStyle(
             voices=tuple(v for v in args.voices_b.split(",") if v), rate=tuple(args.rate_b),
-            pitch=(25, 75), pitch_range=(30, 90), snr_db=tuple(args.snr_b),
+            pitch=tuple(args.pitch_b), pitch_range=(30, 90), snr_db=tuple(args.snr_b),
             reverb_prob=args.reverb_prob_b, rt60=tuple(args.rt60_b),
         ),
     }
