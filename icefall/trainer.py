@@ -513,6 +513,10 @@ def validate(params: AttributeDict, st: TrainState, valid_dl) -> None:
         valid.write_summary(st.tb_writer, "train/valid_", params.batch_idx_train)
 
 
+class TrainingDataError(ValueError):
+    """The training data cannot make a batch (found once training has started)."""
+
+
 def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl,
                     rng_state: dict[str, Any] | None = None) -> None:
     """Trains over train_dl once; params.train_loss is the epoch's loss per frame.
@@ -527,6 +531,7 @@ def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl,
     batches = iter(train_dl)
     if rng_state is not None:
         set_rng_state(rng_state)
+    batch_idx = -1
     for batch_idx, batch in enumerate(batches):
         params.batch_idx_train += 1
         info = train_step(params, st, batch)
@@ -540,6 +545,12 @@ def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl,
         if batch_idx > 0 and batch_idx % params.valid_interval == 0:
             validate(params, st, valid_dl)
             set_train_mode(st.model, params)
+    if batch_idx < 0 and rng_state is None:
+        raise TrainingDataError(
+            f"epoch {params.cur_epoch} has no training batches: the sampler formed no full "
+            f"batch of --max-duration {params.max_duration} from --train-cuts "
+            f"{params.train_cuts} (with --drop-last {int(params.drop_last)}, a duration "
+            f"bucket's partial batch is dropped); use fewer --num-buckets or --drop-last 0")
     if st.world_size > 1:
         epoch_tot.reduce(st.device)
     params.train_loss = epoch_tot["loss"] / max(epoch_tot["frames"], 1.0)
@@ -692,4 +703,8 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> None:
     except (ValueError, OSError, CheckpointError) as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(1)
-    launch(run, args.world_size, args)
+    try:
+        launch(run, args.world_size, args)
+    except TrainingDataError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(1)

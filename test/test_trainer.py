@@ -109,6 +109,19 @@ def test_ddp_on_cpu_keeps_ranks_identical(corpus, tmp_path):
     assert (exp / "epoch-1.pt").exists()
 
 
+def test_data_too_small_for_a_batch_is_one_clear_line(corpus, tmp_path):
+    """A --max-duration above every bucket's total leaves only partial batches, which
+    --drop-last drops: the run stops with the reason, not after epochs of nothing."""
+    proc = run_script("zipformer", "train.py", train_args(
+        corpus, tmp_path / "exp", "a", 1, "--train-cuts", "doma_cuts_valid.jsonl.gz",
+        "--max-duration", "100000"))
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]  # after the log lines of the started run
+    assert line.startswith("train.py: error: epoch 1 has no training batches")
+    assert "--max-duration 100000" in line and "Traceback" not in proc.stderr
+    assert not (tmp_path / "exp" / "epoch-1.pt").exists()
+
+
 def test_missing_manifest_is_one_clear_line(corpus, tmp_path):
     args = train_args(corpus, tmp_path / "e", "a", 1)
     args[args.index("--train-cuts") + 1] = "nope_cuts_train.jsonl.gz"

@@ -15,7 +15,7 @@ num_utts_b=1000      # domain B ("podcasts") training utterances
 num_dev=200          # dev and test utterances per domain
 num_test=200
 seed=42
-vocab_size=300
+vocab_size=200
 num_jobs=2
 python=${PYTHON:-python3}
 

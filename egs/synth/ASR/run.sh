@@ -8,7 +8,8 @@
 # Usage (from anywhere; `make demo` runs it with the project's virtual environment):
 #   egs/synth/ASR/run.sh
 #   egs/synth/ASR/run.sh --stage 5                   # from the adapter stage on
-#   egs/synth/ASR/run.sh --exp-dir exp_small --num-utts-a 48 --num-utts-b 24 ...  # CI size
+#   egs/synth/ASR/run.sh --num-utts-a 48 --num-utts-b 32 --num-buckets 2 ...  # CI size
+#     (test/test_demo.py runs that in a copy of this directory)
 set -eou pipefail
 
 stage=0
@@ -19,21 +20,26 @@ num_utts_a=3000
 num_utts_b=1000
 num_dev=200
 num_test=200
-vocab_size=300
+vocab_size=200
 num_jobs=2
-# model (icefall flags; a small two-stack Zipformer)
+# model (icefall flags; a two-stack Zipformer of 2.0M parameters, with a CTC head)
 model_flags="--num-encoder-layers 2,2 --downsampling-factor 1,2 --encoder-dim 96,128
   --feedforward-dim 256,384 --num-heads 4,4 --encoder-unmasked-dim 64,96
   --cnn-module-kernel 15,15 --query-head-dim 16 --value-head-dim 8 --pos-dim 32
-  --decoder-dim 128 --joiner-dim 128"
+  --decoder-dim 128 --joiner-dim 128 --use-ctc 1"
 adapter_dim=16
-# training (schedules scaled to a run of a few hundred batches)
+# training: schedules scaled to runs of a few hundred batches; small batches, and the
+# CTC loss and the simple loss's acoustic term, take the model off the LM-only plateau
 base_epochs=3
 finetune_epochs=3
-max_duration=30
-train_flags="--base-lr 0.05 --lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50
-  --ref-duration 0.5 --warm-step 100 --enable-spec-aug 0 --enable-musan 0
-  --num-buckets 10 --num-workers 0 --tensorboard 0 --log-interval 20
+base_lr=0.05         # base model and full fine-tuning
+adapter_lr=0.1       # adapters (zero-initialised, updates floored by --adapter-min-rms)
+max_duration=15      # seconds of audio per training batch
+num_buckets=10       # duration buckets of the training sampler
+decode_max_duration=100
+train_flags="--lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50 --ref-duration 0.25
+  --warm-step 100 --ctc-loss-scale 0.5 --am-scale 0.2 --enable-spec-aug 0
+  --enable-musan 0 --num-workers 0 --tensorboard 0 --log-interval 20
   --valid-interval 100000 --save-every-n 100000"
 python=${PYTHON:-python3}
 
@@ -41,7 +47,8 @@ cd "$(dirname "$0")"
 . local/parse_options.sh
 recipes=../../librispeech/ASR
 bpe=data/lang_bpe_$vocab_size/bpe.model
-data_flags="--manifest-dir data/fbank --bpe-model $bpe --max-duration $max_duration"
+data_flags="--manifest-dir data/fbank --bpe-model $bpe"
+train_data_flags="--max-duration $max_duration --num-buckets $num_buckets"
 mkdir -p "$exp_dir"
 
 log() {
@@ -74,7 +81,8 @@ decode() {
   shift 4
   # shellcheck disable=SC2086
   $python "$recipes/$script" --exp-dir "$exp" --epoch "$epoch" --avg 1 \
-    --use-averaged-model 0 $data_flags $model_flags --num-workers 0 \
+    --use-averaged-model 0 $data_flags --max-duration "$decode_max_duration" \
+    $model_flags --num-workers 0 \
     --test-sets "$sets" --res-dir "$exp_dir/decode/$name" "$@"
 }
 
@@ -92,7 +100,8 @@ run_stage 0 prepare "$bpe" prepare
 train_base() {
   $python "$recipes/zipformer/train.py" --exp-dir "$exp_dir/base" $data_flags \
     --train-cuts synth_a_cuts_train.jsonl.gz --valid-cuts synth_a_cuts_dev.jsonl.gz \
-    --num-epochs "$base_epochs" $train_flags $model_flags
+    --num-epochs "$base_epochs" --base-lr "$base_lr" $train_data_flags \
+    $train_flags $model_flags
 }
 run_stage 1 train_base "$exp_dir/base/epoch-$base_epochs.pt" train_base
 
@@ -100,16 +109,17 @@ epoch=$base_epochs
 run_stage 2 decode_base "$exp_dir/decode/base" \
   decode base zipformer/decode.py "$exp_dir/base" "$A_TEST,$B_TEST"
 
-# finetune NAME USE_ADAPTERS: fine-tune the base model on domain B
+# finetune NAME USE_ADAPTERS LR: fine-tune the base model on domain B
 # shellcheck disable=SC2086
 finetune() {
   $python "$recipes/zipformer_adapter/train.py" --exp-dir "$exp_dir/$1" $data_flags \
     --train-cuts synth_b_cuts_train.jsonl.gz --valid-cuts synth_b_cuts_dev.jsonl.gz \
-    --num-epochs "$finetune_epochs" $train_flags $model_flags \
+    --num-epochs "$finetune_epochs" --base-lr "$3" $train_data_flags \
+    $train_flags $model_flags \
     --do-finetune 1 --finetune-ckpt "$exp_dir/base/epoch-$base_epochs.pt" \
     --use-adapters "$2" --adapter-dim "$adapter_dim"
 }
-run_stage 3 train_adapter "$exp_dir/adapter/epoch-$finetune_epochs.pt" finetune adapter 1
+run_stage 3 train_adapter "$exp_dir/adapter/epoch-$finetune_epochs.pt" finetune adapter 1 "$adapter_lr"
 
 epoch=$finetune_epochs
 run_stage 4 decode_adapter "$exp_dir/decode/adapter" \
@@ -119,7 +129,7 @@ run_stage 4 decode_adapter_off "$exp_dir/decode/adapter_off" \
   decode adapter_off zipformer_adapter/decode.py "$exp_dir/adapter" "$A_TEST,$B_TEST" \
   --use-adapters 0 --adapter-dim "$adapter_dim"
 
-run_stage 5 train_full_ft "$exp_dir/full_ft/epoch-$finetune_epochs.pt" finetune full_ft 0
+run_stage 5 train_full_ft "$exp_dir/full_ft/epoch-$finetune_epochs.pt" finetune full_ft 0 "$base_lr"
 run_stage 6 decode_full_ft "$exp_dir/decode/full_ft" \
   decode full_ft zipformer_adapter/decode.py "$exp_dir/full_ft" "$A_TEST,$B_TEST" \
   --use-adapters 0
@@ -142,7 +152,7 @@ onnx_decode() {
     --decoder-model-filename "$d/decoder-$tag$2.onnx" \
     --joiner-model-filename "$d/joiner-$tag$2.onnx" \
     --tokens "data/lang_bpe_$vocab_size/tokens.txt" --manifest-dir data/fbank \
-    --max-duration "$max_duration" --test-sets "$B_TEST" --res-dir "$exp_dir/decode/$1"
+    --max-duration "$decode_max_duration" --test-sets "$B_TEST" --res-dir "$exp_dir/decode/$1"
 }
 run_stage 8 decode_onnx "$exp_dir/decode/onnx" onnx_decode onnx ""
 run_stage 8 decode_onnx_int8 "$exp_dir/decode/onnx_int8" onnx_decode onnx_int8 .int8

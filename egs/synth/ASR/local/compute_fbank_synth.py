@@ -18,11 +18,11 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
 from lhotse import CutSet, load_manifest
 
 from icefall.data import compute_fbank_for_part
 
-PREFIXES = ("synth_a", "synth_b")
 PARTS = ("train", "dev", "test")
 
 
@@ -32,13 +32,18 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
     p.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
     p.add_argument("--num-jobs", type=int, default=1)
+    p.add_argument("--domains", default="a,b",
+                   help="comma list of the domains to process (as synthesize.py --domains)")
     return p.parse_args()
 
 
 def main() -> None:
     args = get_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    for prefix in PREFIXES:
+    if args.num_jobs > 1:
+        torch.set_num_threads(1)  # the worker processes share the cores
+    for domain in (d for d in args.domains.split(",") if d):
+        prefix = f"synth_{domain}"
         for part in PARTS:
             recs = load_manifest(args.manifest_dir / f"{prefix}_recordings_{part}.jsonl.gz")
             sups = load_manifest(args.manifest_dir / f"{prefix}_supervisions_{part}.jsonl.gz")

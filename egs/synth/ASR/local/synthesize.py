@@ -4,15 +4,16 @@
 Usage (from egs/synth/ASR):
 
     python local/synthesize.py --out-dir data \\
-        --num-utts-a 2000 --num-utts-b 800 --num-dev 200 --num-test 200 --seed 42
+        --num-utts-a 3000 --num-utts-b 1000 --num-dev 200 --num-test 200 --seed 42
 
-Domain A ("audiobooks", the LibriSpeech stand-in): narrative sentences read by two clear
-American voices at a normal rate, studio-quiet channel. Domain B ("podcasts", the GigaSpeech
-stand-in): technology and conversation sentences whose vocabulary shares ``--shared-fraction``
-of its words with A, spoken by other accents and variants, faster and at other pitches, through
-a synthetic room (exponentially decaying noise impulse response) with coloured noise at
-``--snr-b`` dB. Every sentence is a fresh draw from templates over the domain's vocabulary;
-test, dev and train sentences never repeat within a domain.
+Domain A ("audiobooks", the LibriSpeech stand-in): narrative sentences read by eleven
+American voices (eSpeak's en-us and its variants) at 150-190 words per minute over a faint
+noise floor. Domain B ("podcasts", the GigaSpeech stand-in): technology and conversation
+sentences whose vocabulary shares ``--shared-fraction`` of its words with A, spoken by New York
+voices (en-us-nyc variants), faster and over a wider pitch range, with coloured noise at
+``--snr-b`` dB, some of it through a small room (an exponentially decaying noise impulse
+response behind a near-microphone direct path). Every sentence is a fresh draw from templates
+over the domain's vocabulary; test, dev and train sentences never repeat within a domain.
 
 Writes (with prefixes ``synth_a`` / ``synth_b`` and parts ``train`` / ``dev`` / ``test``):
 
@@ -313,12 +314,11 @@ class DomainStyle:
 
 
 # A: many speakers of one accent (LibriSpeech has thousands of readers), so that the base
-# model learns speaker-independent features; B: other accents, other speakers.
+# model learns speaker-independent features; B: another accent, other speakers.
 DEFAULT_VOICES = {
     "a": ("en-us", "en-us+m1", "en-us+m2", "en-us+m3", "en-us+m4", "en-us+m5", "en-us+m6",
           "en-us+f1", "en-us+f2", "en-us+f3", "en-us+f4"),
-    "b": ("en-gb-x-rp+m4", "en-gb-scotland+f2", "en-029+m7", "en-us-nyc+f5",
-          "en-gb-x-rp+f3", "en-029+m2"),
+    "b": ("en-us-nyc", "en-us-nyc+m3", "en-us-nyc+f2", "en-us-nyc+f4"),
 }
 
 
@@ -553,13 +553,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("data"), help="wav files go here")
     p.add_argument("--manifest-dir", type=Path, default=None,
                    help="lhotse manifests go here (default: OUT_DIR/manifests)")
-    p.add_argument("--num-utts-a", type=int, default=2000, help="domain-A train utterances")
-    p.add_argument("--num-utts-b", type=int, default=800, help="domain-B train utterances")
+    p.add_argument("--num-utts-a", type=int, default=3000, help="domain-A train utterances")
+    p.add_argument("--num-utts-b", type=int, default=1000, help="domain-B train utterances")
     p.add_argument("--num-dev", type=int, default=200, help="dev utterances per domain")
     p.add_argument("--num-test", type=int, default=200, help="test utterances per domain")
     p.add_argument("--seed", type=int, default=42, help="every random choice follows it")
     p.add_argument("--domains", default="a,b", help="comma list of domains to make: a, b")
-    p.add_argument("--shared-fraction", type=float, default=0.65,
+    p.add_argument("--shared-fraction", type=float, default=0.95,
                    help="fraction of each domain's vocabulary that the other domain shares")
     p.add_argument("--voices-a", default=",".join(DEFAULT_VOICES["a"]),
                    help="comma list of eSpeak voices (language+variant) for domain A")
@@ -567,16 +567,18 @@ def get_parser() -> argparse.ArgumentParser:
                    help="comma list of eSpeak voices (language+variant) for domain B")
     p.add_argument("--rate-a", type=int, nargs=2, default=[150, 190], metavar=("LO", "HI"),
                    help="domain-A speaking rate range, words per minute")
-    p.add_argument("--rate-b", type=int, nargs=2, default=[195, 230], metavar=("LO", "HI"),
+    p.add_argument("--rate-b", type=int, nargs=2, default=[185, 215], metavar=("LO", "HI"),
                    help="domain-B speaking rate range, words per minute")
     p.add_argument("--snr-a", type=float, nargs=2, default=[35.0, 45.0], metavar=("LO", "HI"),
                    help="domain-A SNR range in dB (a faint noise floor)")
-    p.add_argument("--snr-b", type=float, nargs=2, default=[12.0, 18.0], metavar=("LO", "HI"),
+    p.add_argument("--snr-b", type=float, nargs=2, default=[18.0, 24.0], metavar=("LO", "HI"),
                    help="domain-B SNR range in dB")
-    p.add_argument("--reverb-prob-b", type=float, default=0.5,
+    p.add_argument("--reverb-prob-b", type=float, default=0.4,
                    help="probability that a domain-B utterance is reverberated")
-    p.add_argument("--rt60-b", type=float, nargs=2, default=[0.2, 0.5], metavar=("LO", "HI"),
+    p.add_argument("--rt60-b", type=float, nargs=2, default=[0.15, 0.3], metavar=("LO", "HI"),
                    help="domain-B reverberation time range, seconds")
+    p.add_argument("--drr-b", type=float, nargs=2, default=[8.0, 14.0], metavar=("LO", "HI"),
+                   help="domain-B direct-to-reverberant ratio range in dB (a near microphone)")
     p.add_argument("--pitch-a", type=int, nargs=2, default=[30, 70], metavar=("LO", "HI"),
                    help="domain-A eSpeak pitch range (0..100)")
     p.add_argument("--pitch-b", type=int, nargs=2, default=[25, 75], metavar=("LO", "HI"),
@@ -597,7 +599,7 @@ def domain_styles(args: argparse.Namespace) -> dict[str, DomainStyle]:
         "b": DomainStyle(
             voices=tuple(v for v in args.voices_b.split(",") if v), rate=tuple(args.rate_b),
             pitch=tuple(args.pitch_b), pitch_range=(30, 90), snr_db=tuple(args.snr_b),
-            reverb_prob=args.reverb_prob_b, rt60=tuple(args.rt60_b),
+            reverb_prob=args.reverb_prob_b, rt60=tuple(args.rt60_b), drr_db=tuple(args.drr_b),
         ),
     }
 
