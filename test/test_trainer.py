@@ -174,3 +174,34 @@ def test_adapter_min_rms_sizes_the_first_update_of_zero_adapters():
     small = _out_proj_rms_after_one_step(1e-4)
     assert large > 0.0
     assert abs(large / small - 100.0) < 1.0
+
+
+def test_finetune_with_mux_init_modules_and_tensorboard(corpus, base_run, tmp_path):
+    """Full fine-tuning on B from the base's encoder only, with A's training cuts muxed in,
+    and TensorBoard scalars that equal the losses in the text log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp = tmp_path / "ft"
+    main(ADAPTER_RECIPE, train_args(
+        corpus, exp, "b", 1, "--do-finetune", "1", "--finetune-ckpt",
+        str(base_run / "epoch-8.pt"), "--use-adapters", "0", "--init-modules", "encoder",
+        "--use-mux", "1", "--mux-cuts", "doma_cuts_train.jsonl.gz", "--tensorboard", "1",
+        "--log-interval", "1"))
+    log = (exp / "log" / "log-train").read_text()
+    ckpt = load_checkpoint_file(exp / "epoch-1.pt")
+    outside = [k for k in get_model(ckpt["params"]["model"]).state_dict()
+               if not k.startswith("encoder.")]
+    assert f"{len(outside)} tensors keep their initial values" in log
+
+    num_b = len(load_cuts(corpus["manifest_dir"] / "domb_cuts_train.jsonl.gz"))
+    kept = ckpt["sampler"]["diagnostics"]["stats_per_epoch"][0]["kept_cuts"]
+    assert kept > num_b  # the epoch drew from both domains
+
+    logged = {int(b): float(v) for b, v in re.findall(
+        r"Epoch 1, batch (\d+), loss\[.*?\bloss=([\d.e+-]+)", log)}
+    acc = EventAccumulator(str(exp / "tensorboard"))
+    acc.Reload()
+    written = {e.step: e.value for e in acc.Scalars("train/current_loss")}
+    assert len(logged) >= 3 and len(written) == len(logged)
+    for b, v in logged.items():  # batch_idx_train counts from 1 within a fresh run
+        assert abs(written[b + 1] - v) <= 5e-4 * abs(v), b

@@ -38,8 +38,10 @@ fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   log "Stage 1: compute fbank features"
+  # Exact (uncompressed) features: run.sh compares decoding from these with sherpa-onnx,
+  # which computes its own from the audio; lilcom's steps of 1/64 would flip a few words.
   $python local/compute_fbank_synth.py --manifest-dir data/manifests \
-    --output-dir data/fbank --num-jobs "$num_jobs"
+    --output-dir data/fbank --num-jobs "$num_jobs" --storage numpy_files
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then

@@ -30,7 +30,7 @@ model_flags="--num-encoder-layers 2,2 --downsampling-factor 1,2 --encoder-dim 96
 adapter_dim=16
 # training: schedules scaled to runs of a few hundred batches; small batches, and the
 # CTC loss and the simple loss's acoustic term, take the model off the LM-only plateau
-base_epochs=3
+base_epochs=4
 finetune_epochs=3
 base_lr=0.05         # base model and full fine-tuning
 adapter_lr=0.1       # adapters (zero-initialised, updates floored by --adapter-min-rms)

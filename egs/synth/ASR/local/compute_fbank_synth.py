@@ -4,7 +4,7 @@
 Usage (from egs/synth/ASR):
 
     python local/compute_fbank_synth.py --manifest-dir data/manifests \
-        --output-dir data/fbank --num-jobs 2
+        --output-dir data/fbank --num-jobs 2 [--storage numpy_files]
 
 Reads ``synth_{a,b}_{recordings,supervisions}_{train,dev,test}.jsonl.gz`` and writes
 ``data/fbank/synth_{a,b}_cuts_{train,dev,test}.jsonl.gz`` with lhotse's kaldi-compatible
@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 from lhotse import CutSet, load_manifest
+from lhotse.features.io import LilcomChunkyWriter, NumpyFilesWriter
 
 from icefall.data import compute_fbank_for_part
 
 PARTS = ("train", "dev", "test")
+STORAGE = {"lilcom_chunky": LilcomChunkyWriter, "numpy_files": NumpyFilesWriter}
 
 
 def get_args() -> argparse.Namespace:
@@ -32,6 +34,9 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
     p.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
     p.add_argument("--num-jobs", type=int, default=1)
+    p.add_argument("--storage", choices=sorted(STORAGE), default="lilcom_chunky",
+                   help="lilcom_chunky: lossy (steps of 1/64), about 4x smaller, as icefall "
+                        "stores features; numpy_files: exact float32")
     p.add_argument("--domains", default="a,b",
                    help="comma list of the domains to process (as synthesize.py --domains)")
     return p.parse_args()
@@ -49,7 +54,7 @@ def main() -> None:
             sups = load_manifest(args.manifest_dir / f"{prefix}_supervisions_{part}.jsonl.gz")
             cuts = CutSet.from_manifests(recordings=recs, supervisions=sups)
             compute_fbank_for_part(cuts, args.output_dir, prefix, part,
-                                   num_jobs=args.num_jobs)
+                                   num_jobs=args.num_jobs, storage_type=STORAGE[args.storage])
 
 
 if __name__ == "__main__":
