@@ -163,6 +163,7 @@ sherpa_decode() {
     --decoder "$d/decoder-$tag.onnx" --joiner "$d/joiner-$tag.onnx" \
     --tokens "data/lang_bpe_$vocab_size/tokens.txt" \
     --cuts data/fbank/synth_b_cuts_test.jsonl.gz --test-set B \
+    --max-duration "$decode_max_duration" \
     --res-dir "$exp_dir/decode/sherpa_onnx"
 }
 run_stage 9 decode_sherpa_onnx "$exp_dir/decode/sherpa_onnx" sherpa_decode

@@ -11,7 +11,11 @@ Usage (from egs/synth/ASR):
 
 sherpa-onnx computes its own features from the audio (kaldi-native-fbank) and runs
 greedy search, as a deployment would; the reports are decode.py's (recogs-, errs-,
-wer-summary-<set>-greedy_search-sherpa-onnx.txt).
+wer-summary-<set>-greedy_search-sherpa-onnx.txt). Utterances are decoded in the batches
+that decode.py forms with the same ``--max-duration`` (the data module's evaluation
+sampler): the Zipformer's convolutional front end sees a few padding frames at the end of
+all but the longest utterance of a batch, so equal batches are what make the outputs
+comparable word for word.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from lhotse import load_manifest_lazy
 
+from icefall.data import AsrDataModule
 from icefall.decode.report import save_results
 
 
@@ -36,7 +41,8 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--test-set", default="test", help="Name used in the report files.")
     p.add_argument("--res-dir", type=Path, required=True)
     p.add_argument("--num-threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-duration", type=float, default=600.0,
+                   help="seconds of audio per batch, as decode.py's --max-duration")
     return p.parse_args()
 
 
@@ -50,10 +56,10 @@ def decode(args: argparse.Namespace) -> list[tuple[str, list[str], list[str]]]:
         encoder=str(args.encoder), decoder=str(args.decoder), joiner=str(args.joiner),
         tokens=str(args.tokens), num_threads=args.num_threads, sample_rate=16000,
         feature_dim=80, decoding_method="greedy_search")
-    cuts = list(load_manifest_lazy(args.cuts))
+    sampler = AsrDataModule({"max_duration": args.max_duration}).eval_sampler(
+        load_manifest_lazy(args.cuts))
     results = []
-    for i in range(0, len(cuts), args.batch_size):
-        batch = cuts[i: i + args.batch_size]
+    for batch in sampler:
         streams = []
         for cut in batch:
             stream = recognizer.create_stream()
