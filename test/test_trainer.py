@@ -193,7 +193,7 @@ def test_finetune_with_mux_init_modules_and_tensorboard(corpus, base_run, tmp_pa
                if not k.startswith("encoder.")]
     assert f"{len(outside)} tensors keep their initial values" in log
 
-    num_b = len(load_cuts(corpus["manifest_dir"] / "domb_cuts_train.jsonl.gz"))
+    num_b = sum(1 for _ in load_cuts(corpus["manifest_dir"] / "domb_cuts_train.jsonl.gz"))
     kept = ckpt["sampler"]["diagnostics"]["stats_per_epoch"][0]["kept_cuts"]
     assert kept > num_b  # the epoch drew from both domains
 

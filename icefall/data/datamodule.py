@@ -143,8 +143,8 @@ def mux_cuts(new_cuts: CutSet, orig_cuts: CutSet, weights: list[float] | None = 
     Returns:
       A lazy CutSet.
     """
-    if weights is None:
-        weights = [len(new_cuts), len(orig_cuts)]
+    if weights is None:  # counted by iterating: lazy and filtered sets have no len()
+        weights = [float(sum(1 for _ in new_cuts)), float(sum(1 for _ in orig_cuts))]
     logging.info(f"Mixing new-domain and original-domain cuts with weights {weights}")
     return CutSet.mux(new_cuts, orig_cuts, weights=weights, stop_early=True, seed=seed)
 
