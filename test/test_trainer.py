@@ -3,13 +3,16 @@ that leaves the base bit-identical, exact resume, DDP on CPU, and clear errors."
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from conftest import TRAIN_MODEL
-from runs import one_error_line, run_script, train_args
+from runs import RECIPES, one_error_line, run_script, train_args
 
 from icefall.checkpoint import load_checkpoint_file
 from icefall.data import AsrDataModule, load_bpe_model, load_cuts
@@ -107,6 +110,24 @@ def test_ddp_on_cpu_keeps_ranks_identical(corpus, tmp_path):
     assert m and float(m.group(1)) == 0.0
     assert (exp / "log" / "log-train-1").exists()
     assert (exp / "epoch-1.pt").exists()
+
+
+def test_torchrun_launch_trains_two_identical_ranks(corpus, tmp_path):
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: each process trains as one rank (gloo on
+    CPU), and the ranks end with the same parameters."""
+    exp = tmp_path / "torchrun"
+    args = train_args(corpus, exp, "a", 1, "--train-cuts", "doma_cuts_valid.jsonl.gz")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", "29531", str(RECIPES / "zipformer" / "train.py"), *args],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (exp / "log" / "log-train").read_text()
+    assert "Joined process group: rank 0 of 2 (gloo)" in log
+    m = re.search(r"Max parameter difference across 2 ranks: (\S+)", log)
+    assert m and float(m.group(1)) == 0.0
+    assert (exp / "log" / "log-train-1").exists() and (exp / "epoch-1.pt").exists()
 
 
 def test_data_too_small_for_a_batch_is_one_clear_line(corpus, tmp_path):
