@@ -207,8 +207,9 @@ def test_finetune_with_mux_init_modules_and_tensorboard(corpus, base_run, tmp_pa
         corpus, exp, "b", 1, "--do-finetune", "1", "--finetune-ckpt",
         str(base_run / "epoch-8.pt"), "--use-adapters", "0", "--init-modules", "encoder",
         "--use-mux", "1", "--mux-cuts", "doma_cuts_train.jsonl.gz", "--tensorboard", "1",
-        "--log-interval", "1"))
+        "--log-interval", "1", "--use-fp16", "1"))
     log = (exp / "log" / "log-train").read_text()
+    assert "--use-fp16 1 needs CUDA; training in float32 on the CPU" in log
     ckpt = load_checkpoint_file(exp / "epoch-1.pt")
     outside = [k for k in get_model(ckpt["params"]["model"]).state_dict()
                if not k.startswith("encoder.")]
