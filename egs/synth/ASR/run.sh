@@ -16,7 +16,7 @@ stage=0
 stop_stage=100
 exp_dir=exp
 # corpus (prepare.sh)
-num_utts_a=2500
+num_utts_a=3000
 num_utts_b=1000
 num_dev=200
 num_test=200
