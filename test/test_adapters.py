@@ -17,6 +17,7 @@ from icefall.zipformer import (
     get_model,
     iter_adapters,
     load_adapter_state_dict,
+    remove_adapters,
     set_adapter_training,
     set_adapters_enabled,
 )
@@ -60,6 +61,17 @@ def test_every_layer_gets_four_adapters_in_the_reference_slots():
         assert all(isinstance(getattr(layer, s), ResidualAdapter) for s in ADAPTER_SLOTS)
     assert len(list(iter_adapters(model))) == 4 * 7
     assert add_adapters(model, 8) == 0  # slots already filled
+
+
+def test_removing_trained_adapters_gives_back_the_base_model(base_and_adapted):
+    base, adapted = base_and_adapted
+    _randomise_adapters(adapted)
+    x, x_lens = _inputs()
+    assert not torch.equal(_encode(base, x, x_lens), _encode(adapted, x, x_lens))
+    assert remove_adapters(adapted) == 4 * 7
+    assert list(adapted.state_dict()) == list(base.state_dict())
+    assert torch.equal(_encode(base, x, x_lens), _encode(adapted, x, x_lens))
+    assert remove_adapters(adapted) == 0
 
 
 def test_fresh_adapters_change_no_output(base_and_adapted):

@@ -54,8 +54,12 @@ from icefall.inference import (
     select_state_dict,
 )
 from icefall.utils import atomic_write_bytes, to_int_tuple
-from icefall.zipformer import add_adapter_arguments, add_model_arguments, iter_adapters
-from icefall.zipformer.layer import ADAPTER_SLOTS, Zipformer2EncoderLayer
+from icefall.zipformer import (
+    add_adapter_arguments,
+    add_model_arguments,
+    iter_adapters,
+    remove_adapters,
+)
 from icefall.zipformer.model import AsrModel
 
 OPSET_VERSION = 13
@@ -127,22 +131,6 @@ class ExportedFiles:
 # ---------------------------------------------------------------------------
 # Model preparation
 # ---------------------------------------------------------------------------
-
-
-def remove_adapters(model: nn.Module) -> int:
-    """Empties every adapter slot, so the model (and any export of it) is the base model.
-
-    Returns:
-      The number of adapters removed.
-    """
-    removed = 0
-    for layer in model.modules():
-        if isinstance(layer, Zipformer2EncoderLayer):
-            for slot in ADAPTER_SLOTS:
-                if getattr(layer, slot) is not None:
-                    setattr(layer, slot, None)
-                    removed += 1
-    return removed
 
 
 def encoder_metadata(params: Mapping[str, Any], model: AsrModel) -> dict[str, str]:

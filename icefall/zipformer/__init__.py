@@ -17,6 +17,7 @@ from icefall.zipformer.adapters import (
     has_adapters,
     iter_adapters,
     load_adapter_state_dict,
+    remove_adapters,
     set_adapter_training,
     set_adapters_enabled,
 )
@@ -34,6 +35,6 @@ __all__ = [
     "adapter_parameters",
     "adapter_state_dict", "adapters_disabled", "add_adapter_arguments", "add_adapters",
     "add_model_arguments", "count_parameters", "freeze_all_but_adapters", "get_model",
-    "has_adapters", "iter_adapters", "load_adapter_state_dict", "model_config",
+    "has_adapters", "iter_adapters", "load_adapter_state_dict", "model_config", "remove_adapters",
     "set_adapter_training", "set_adapters_enabled",
 ]

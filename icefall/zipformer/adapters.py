@@ -77,6 +77,23 @@ def add_adapters(model: nn.Module, adapter_dim: int) -> int:
     return added
 
 
+def remove_adapters(model: nn.Module) -> int:
+    """Empties every adapter slot that holds an :class:`Adapter`, so the model (and any
+    export of it) is the base model.
+
+    Returns:
+      The number of adapters removed.
+    """
+    removed = 0
+    for layer in model.modules():
+        if isinstance(layer, Zipformer2EncoderLayer):
+            for slot in ADAPTER_SLOTS:
+                if isinstance(getattr(layer, slot), Adapter):
+                    setattr(layer, slot, None)
+                    removed += 1
+    return removed
+
+
 def iter_adapters(model: nn.Module) -> Iterator[tuple[str, Adapter]]:
     """(qualified name, adapter) for every adapter in model, in module order."""
     for name, m in model.named_modules():
@@ -108,15 +125,19 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
             a.enabled = s
 
 
+def _adapter_parameter_ids(model: nn.Module) -> set[int]:
+    return {id(p) for _, a in iter_adapters(model) for p in a.parameters()}
+
+
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     """All adapter parameters, in model.parameters() order."""
-    ids = {id(p) for _, a in iter_adapters(model) for p in a.parameters()}
+    ids = _adapter_parameter_ids(model)
     return [p for p in model.parameters() if id(p) in ids]
 
 
 def adapter_parameter_names(model: nn.Module) -> list[str]:
     """Qualified names of all adapter parameters, in model.named_parameters() order."""
-    ids = {id(p) for _, a in iter_adapters(model) for p in a.parameters()}
+    ids = _adapter_parameter_ids(model)
     return [n for n, p in model.named_parameters() if id(p) in ids]
 
 
