@@ -17,6 +17,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from icefall.token_table import read_token_table
 from icefall.utils import atomic_write_text
 
 USER_DEFINED_SYMBOLS = ("<blk>", "<sos/eos>")
@@ -126,19 +127,10 @@ def read_tokens(path: str | Path) -> dict[str, int]:
     """Reads ``tokens.txt`` into ``{token: id}``.
 
     Raises:
-      FileNotFoundError: naming the file when it does not exist.
-      ValueError: naming the file and line when a line is not ``<token> <id>``.
+      ValueError: naming the file (and line) when it is missing, unreadable or malformed
+        (see :func:`icefall.token_table.read_token_table`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokens file not found: {path}")
-    table: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        fields = line.split()
-        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-            raise ValueError(f"{path}:{lineno}: expected '<token> <id>', got '{line}'")
-        table[fields[0]] = int(fields[1])
-    return table
+    return {tok: i for i, tok in enumerate(read_token_table(path)) if tok}
 
 
 def encode(sp: spm.SentencePieceProcessor, texts: Sequence[str]) -> list[list[int]]:

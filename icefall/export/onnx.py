@@ -46,13 +46,13 @@ import torch
 from torch import Tensor, nn
 
 from icefall.checkpoint import CheckpointError
-from icefall.export.onnx_runtime import read_token_table
 from icefall.inference import (
     add_checkpoint_arguments,
     checkpoint_suffix,
     model_from_state,
     select_state_dict,
 )
+from icefall.token_table import read_token_table
 from icefall.utils import atomic_write_bytes, to_int_tuple
 from icefall.zipformer import (
     add_adapter_arguments,

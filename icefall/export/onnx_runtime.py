@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from icefall.token_table import read_token_table
+
 SAMPLE_RATE = 16000
 FEATURE_DIM = 80
 LOG_EPS = math.log(1e-10)  # padding value of features (sherpa-onnx: -23.025850929940457)
@@ -40,36 +42,6 @@ WORD_START = "\u2581"  # sentencepiece's word-start mark
 # ---------------------------------------------------------------------------
 # tokens.txt
 # ---------------------------------------------------------------------------
-
-
-def read_token_table(path: str | Path) -> list[str]:
-    """``tokens.txt`` (``<token> <id>`` per line) as a list indexed by id.
-
-    Ids missing from the file map to ``""``.
-
-    Raises:
-      ValueError: naming the file (and line) when it is missing, unreadable or malformed.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read tokens file {path}: "
-                         f"{getattr(e, 'strerror', None) or e}") from e
-    table: dict[int, str] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2 or not fields[1].isdigit():
-            raise ValueError(f"{path}:{lineno}: expected '<token> <id>', got '{line}'")
-        table[int(fields[1])] = fields[0]
-    if not table:
-        raise ValueError(f"tokens file {path} has no tokens")
-    tokens = [""] * (max(table) + 1)
-    for i, tok in table.items():
-        tokens[i] = tok
-    return tokens
 
 
 def token_id(tokens: Sequence[str], token: str) -> int:
