@@ -238,8 +238,9 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
                 logp = sel.gather(1, tok[:, None]).squeeze(1) - sel.logsumexp(dim=-1)
             records.append((rows, tok, logp))
             frames.append(t)
-            context[rows] = torch.cat([context[rows, 1:], tok[:, None]], dim=1)
-            dec[rows] = _decoder_proj(model, context[rows])
+            new_context = torch.cat([context[rows, 1:], tok[:, None]], dim=1)  # (E, K)
+            context[rows] = new_context
+            dec[rows] = _decoder_proj(model, new_context)
     hyps, times, scores = _split_records(records, frames, N)
     hyps, times, scores = (_unsort(x, order) for x in (hyps, times, scores))
     if return_timestamps:

@@ -33,7 +33,6 @@ import argparse
 import io
 import logging
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Mapping
@@ -53,7 +52,7 @@ from icefall.inference import (
     select_state_dict,
 )
 from icefall.token_table import read_token_table
-from icefall.utils import atomic_write_bytes, to_int_tuple
+from icefall.utils import atomic_write_bytes, setup_logger, str2bool, to_int_tuple
 from icefall.zipformer import (
     add_adapter_arguments,
     add_model_arguments,
@@ -318,9 +317,7 @@ def copy_tokens(tokens: Path, exp_dir: Path) -> Path:
     """``exp_dir/tokens.txt``: a copy of ``tokens`` (atomic; kept if it is that file)."""
     dst = Path(exp_dir) / "tokens.txt"
     if not (dst.exists() and dst.resolve() == Path(tokens).resolve()):
-        tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-        shutil.copyfile(tokens, tmp)
-        os.replace(tmp, dst)
+        atomic_write_bytes(dst, Path(tokens).read_bytes())
     return dst
 
 
@@ -329,8 +326,8 @@ def get_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentPar
     add_checkpoint_arguments(parser, exp_dir, epoch=28, avg=15)
     parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
                         help="Path to tokens.txt (copied into --exp-dir).")
-    parser.add_argument("--int8", type=int, choices=(0, 1), default=1,
-                        help="1 to also write .int8.onnx (dynamic quantisation) files.")
+    parser.add_argument("--int8", type=str2bool, default=True,
+                        help="Also write .int8.onnx (dynamic quantisation) files.")
     add_model_arguments(parser)
     add_adapter_arguments(parser, use_adapters_default=use_adapters_default)
     return parser
@@ -346,7 +343,7 @@ def run(args: argparse.Namespace) -> ExportedFiles:
     tag = export_tag(params)
     with torch.no_grad():
         files = export_transducer(model, Path(args.exp_dir), tag, encoder_meta,
-                                  int8=bool(args.int8))
+                                  int8=args.int8)
     logging.info(f"Wrote {files.encoder.name}, {files.decoder.name}, {files.joiner.name}"
                  f"{' and their .int8.onnx versions' if args.int8 else ''} and "
                  f"{copy_tokens(args.tokens, Path(args.exp_dir))} to {args.exp_dir}")
@@ -357,8 +354,7 @@ def main(exp_dir: str, use_adapters_default: bool,
          argv: list[str] | None = None) -> ExportedFiles:
     """export-onnx.py; bad input is one line on stderr and exit status 1."""
     args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] "
-                        "%(message)s", level=logging.INFO)
+    setup_logger()
     try:
         return run(args)
     except (ValueError, OSError, CheckpointError) as e:
