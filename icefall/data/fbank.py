@@ -11,6 +11,7 @@ record which, so readers need not know.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
 import multiprocessing
@@ -23,8 +24,12 @@ from lhotse.features.base import FeatureExtractor
 from lhotse.features.io import FeaturesWriter, LilcomChunkyWriter, NumpyFilesWriter
 
 from icefall.data.manifests import cuts_filename, feats_dirname, save_cuts
+from icefall.utils import setup_logger, str2bool
 
 NUM_MEL_BINS = 80
+# --storage choices of the compute_fbank scripts
+STORAGE_TYPES: dict[str, type[FeaturesWriter]] = {
+    "lilcom_chunky": LilcomChunkyWriter, "numpy_files": NumpyFilesWriter}
 
 
 def kaldifeat_available() -> bool:
@@ -76,6 +81,22 @@ def _single_threaded_worker() -> None:
     """Worker initialiser: one torch thread per process, so N jobs use N cores."""
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
+
+
+def add_fbank_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every ``compute_fbank_*.py`` takes: --manifest-dir, --output-dir,
+    --num-jobs, --progress-bar."""
+    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
+    parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
+    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel fbank processes.")
+    parser.add_argument("--progress-bar", type=str2bool, default=True)
+
+
+def setup_fbank_script() -> None:
+    """icefall's logging, and one torch thread in this process as in each fbank worker, so
+    that N jobs use N cores (icefall's compute_fbank scripts do the same)."""
+    setup_logger()
+    torch.set_num_threads(1)
 
 
 def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,

@@ -61,6 +61,7 @@ from icefall.data.fbank import NUM_MEL_BINS, compute_fbank, kaldifeat_available
 from icefall.data.manifests import cuts_filename, feats_dirname, load_cuts, save_cuts
 from icefall.data.text import is_gigaspeech_garbage, normalize_text
 from icefall.data.tokenizer import train_bpe_model
+from icefall.utils import atomic_write_bytes, atomic_write_text
 
 LIBRISPEECH_PARTS: tuple[str, ...] = tuple(LIBRISPEECH)
 LIBRISPEECH_TRAIN_PARTS = ("train-clean-100", "train-clean-360", "train-other-500")
@@ -386,15 +387,25 @@ def compute_librispeech_fbank(manifest_dir: str | Path, output_dir: str | Path,
     if not parts or missing:
         raise PrepareError(f"no LibriSpeech manifests for {' '.join(missing) or 'any part'} "
                            f"in {manifest_dir} (run stage 1)")
+    return _fbank_parts(output_dir, "librispeech", parts,
+                        lambda part: librispeech_cuts(manifest_dir, part, perturb_speed),
+                        num_jobs, progress_bar)
+
+
+def _fbank_parts(output_dir: Path, prefix: str, parts: Sequence[str],
+                 make_cuts: Callable[[str], CutSet], num_jobs: int, progress_bar: bool,
+                 trim: bool = False) -> list[Path]:
+    """``<prefix>_cuts_<part>.jsonl.gz`` of each part: kept when it exists (its cuts are
+    then not even made), otherwise features of ``make_cuts(part)`` (see _store_fbank)."""
     outputs = []
     for part in parts:
-        out = output_dir / cuts_filename("librispeech", part)
+        out = output_dir / cuts_filename(prefix, part)
         if out.is_file():
             logging.info(f"{out} exists: skipping")
         else:
-            logging.info(f"Computing fbank for LibriSpeech {part}")
-            cuts = librispeech_cuts(manifest_dir, part, perturb_speed)
-            out = _store_fbank(cuts, output_dir, "librispeech", part, num_jobs, progress_bar)
+            logging.info(f"Computing fbank for {prefix} {part}")
+            out = _store_fbank(make_cuts(part), output_dir, prefix, part, num_jobs,
+                               progress_bar, trim)
         outputs.append(out)
     return outputs
 
@@ -428,10 +439,7 @@ def combine_shuffled(inputs: Sequence[str | Path], output: str | Path, seed: int
                          for line in f if line.strip())
     random.Random(seed).shuffle(lines)
     output = Path(output)
-    tmp = output.with_name(f".tmp{os.getpid()}-{output.name}")
-    with gzip.open(tmp, "wb") as f:
-        f.writelines(lines)
-    os.replace(tmp, output)
+    atomic_write_bytes(output, gzip.compress(b"".join(lines)))
     logging.info(f"Saved {output} ({len(lines)} cuts)")
     return output
 
@@ -524,18 +532,9 @@ def compute_gigaspeech_fbank(manifest_dir: str | Path, output_dir: str | Path,
     supervisions (icefall's ``compute_fbank_gigaspeech*.py``). Existing outputs are kept.
     """
     manifest_dir, output_dir = Path(manifest_dir), Path(output_dir)
-    outputs = []
-    for subset in subsets:
-        out = output_dir / cuts_filename("gigaspeech", subset)
-        if out.is_file():
-            logging.info(f"{out} exists: skipping")
-        else:
-            logging.info(f"Computing fbank for GigaSpeech {subset}")
-            cuts = gigaspeech_cuts(manifest_dir, subset)
-            out = _store_fbank(cuts, output_dir, "gigaspeech", subset, num_jobs,
-                               progress_bar, trim=True)
-        outputs.append(out)
-    return outputs
+    return _fbank_parts(output_dir, "gigaspeech", subsets,
+                        lambda subset: gigaspeech_cuts(manifest_dir, subset), num_jobs,
+                        progress_bar, trim=True)
 
 
 # ---------------------------------------------------------------------------------- BPE
@@ -560,9 +559,7 @@ def write_librispeech_transcripts(manifest_dir: str | Path, output: str | Path) 
         texts.extend((s.id, s.text.strip()) for s in sups if s.text and s.text.strip())
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(f"{t}\n" for _, t in sorted(texts)), encoding="utf-8")
-    os.replace(tmp, output)
+    atomic_write_text(output, "".join(f"{t}\n" for _, t in sorted(texts)))
     logging.info(f"Wrote {len(texts)} transcripts of {' '.join(parts)} to {output}")
     return len(texts)
 

@@ -15,10 +15,8 @@ gigaspeech_feats_<subset>). Existing outputs are kept.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import torch
-
+from icefall.data import add_fbank_arguments, setup_fbank_script
 from icefall.data.prepare import (
     GIGASPEECH_ALL_SUBSETS,
     GIGASPEECH_SUBSETS,
@@ -26,26 +24,20 @@ from icefall.data.prepare import (
     run_cli,
     split_names,
 )
-from icefall.utils import setup_logger, str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
-    parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
+    add_fbank_arguments(parser)
     parser.add_argument("--subsets", type=str, default=" ".join(GIGASPEECH_SUBSETS),
                         help="Space-separated GigaSpeech subsets.")
-    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel fbank processes.")
-    parser.add_argument("--progress-bar", type=str2bool, default=True)
     return parser
 
 
 def main() -> None:
     args = get_parser().parse_args()
-    setup_logger()
-    # One torch thread here, as in each fbank worker: N jobs use N cores.
-    torch.set_num_threads(1)
+    setup_fbank_script()
     subsets = split_names(args.subsets, GIGASPEECH_ALL_SUBSETS, "GigaSpeech subset")
     compute_gigaspeech_fbank(args.manifest_dir, args.output_dir, subsets, args.num_jobs,
                              args.progress_bar)

@@ -17,10 +17,8 @@ librispeech_cuts_train-all-shuf.jsonl.gz is the training parts concatenated and 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import torch
-
+from icefall.data import add_fbank_arguments, setup_fbank_script
 from icefall.data.prepare import (
     LIBRISPEECH_PARTS,
     compute_librispeech_fbank,
@@ -28,31 +26,26 @@ from icefall.data.prepare import (
     run_cli,
     split_names,
 )
-from icefall.utils import setup_logger, str2bool
+from icefall.utils import str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
-    parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
+    add_fbank_arguments(parser)
     parser.add_argument("--dataset", type=str, default=None,
                         help="Space-separated parts; default: every part with manifests.")
-    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel fbank processes.")
     parser.add_argument("--perturb-speed", type=str2bool, default=True,
                         help="Add 0.9x and 1.1x speed copies of the training parts.")
     parser.add_argument("--train-all-shuf", type=str2bool, default=True,
                         help="Write librispeech_cuts_train-all-shuf.jsonl.gz.")
     parser.add_argument("--seed", type=int, default=42, help="Shuffling seed.")
-    parser.add_argument("--progress-bar", type=str2bool, default=True)
     return parser
 
 
 def main() -> None:
     args = get_parser().parse_args()
-    setup_logger()
-    # One torch thread here, as in each fbank worker: N jobs use N cores.
-    torch.set_num_threads(1)
+    setup_fbank_script()
     parts = split_names(args.dataset, LIBRISPEECH_PARTS, "LibriSpeech part") \
         if args.dataset else None
     compute_librispeech_fbank(args.manifest_dir, args.output_dir, parts, args.num_jobs,

@@ -13,29 +13,21 @@ with features in data/fbank/musan_feats, as icefall does. An existing output is 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import torch
-
+from icefall.data import add_fbank_arguments, setup_fbank_script
 from icefall.data.prepare import compute_musan_fbank, run_cli
-from icefall.utils import setup_logger, str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
-    parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
-    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel fbank processes.")
-    parser.add_argument("--progress-bar", type=str2bool, default=True)
+    add_fbank_arguments(parser)
     return parser
 
 
 def main() -> None:
     args = get_parser().parse_args()
-    setup_logger()
-    # One torch thread here, as in each fbank worker: N jobs use N cores.
-    torch.set_num_threads(1)
+    setup_fbank_script()
     compute_musan_fbank(args.manifest_dir, args.output_dir, args.num_jobs, args.progress_bar)
 
 

@@ -15,26 +15,24 @@ whose cuts already exist are skipped.
 from __future__ import annotations
 
 import argparse
-import logging
-from pathlib import Path
 
-import torch
 from lhotse import CutSet, load_manifest
-from lhotse.features.io import LilcomChunkyWriter, NumpyFilesWriter
 
-from icefall.data import compute_fbank_for_part
+from icefall.data import (
+    STORAGE_TYPES,
+    add_fbank_arguments,
+    compute_fbank_for_part,
+    setup_fbank_script,
+)
 
 PARTS = ("train", "dev", "test")
-STORAGE = {"lilcom_chunky": LilcomChunkyWriter, "numpy_files": NumpyFilesWriter}
 
 
 def get_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
-    p.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
-    p.add_argument("--num-jobs", type=int, default=1)
-    p.add_argument("--storage", choices=sorted(STORAGE), default="lilcom_chunky",
+    add_fbank_arguments(p)
+    p.add_argument("--storage", choices=sorted(STORAGE_TYPES), default="lilcom_chunky",
                    help="lilcom_chunky: lossy (steps of 1/64), about 4x smaller, as icefall "
                         "stores features; numpy_files: exact float32")
     p.add_argument("--domains", default="a,b",
@@ -44,9 +42,7 @@ def get_args() -> argparse.Namespace:
 
 def main() -> None:
     args = get_args()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    if args.num_jobs > 1:
-        torch.set_num_threads(1)  # the worker processes share the cores
+    setup_fbank_script()
     for domain in (d for d in args.domains.split(",") if d):
         prefix = f"synth_{domain}"
         for part in PARTS:
@@ -54,7 +50,8 @@ def main() -> None:
             sups = load_manifest(args.manifest_dir / f"{prefix}_supervisions_{part}.jsonl.gz")
             cuts = CutSet.from_manifests(recordings=recs, supervisions=sups)
             compute_fbank_for_part(cuts, args.output_dir, prefix, part,
-                                   num_jobs=args.num_jobs, storage_type=STORAGE[args.storage])
+                                   num_jobs=args.num_jobs, progress_bar=args.progress_bar,
+                                   storage_type=STORAGE_TYPES[args.storage])
 
 
 if __name__ == "__main__":
