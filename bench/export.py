@@ -157,7 +157,8 @@ def mb(path: Path) -> float:
     return path.stat().st_size / 2 ** 20
 
 
-def report(args, model, files, export_s, times, outputs, audio_s, other) -> str:
+def report(args, model, files, export_s, times, outputs, audio_s, other,
+           token_table: list[str]) -> str:
     count = count_parameters(model)
     rows = ["| path | RTF | time per pass (s) | vs pytorch |", "|---|---|---|---|"]
     for name, t in times.items():
@@ -171,8 +172,7 @@ def report(args, model, files, export_s, times, outputs, audio_s, other) -> str:
     frames = round(audio_s * 25)  # encoder frames: 4x subsampling of 100 frames/s
     sherpa = ""
     if "sherpa-onnx fp32" in outputs:
-        tokens = [rt.tokens_to_text(h, [""] * 3 + [f"\u2581W{i}" for i in range(3, 500)])
-                  for h in outputs["onnx fp32"]]
+        tokens = [rt.tokens_to_text(h, token_table) for h in outputs["onnx fp32"]]
         agree = sum(a == b for a, b in zip(tokens, outputs["sherpa-onnx fp32"]))
         sherpa = f" sherpa-onnx fp32 gives the ONNX Runtime fp32 text for {agree}/{len(tokens)}."
     ratio_fp32 = times["onnx fp32"] / times["pytorch"]
@@ -216,7 +216,7 @@ def main() -> None:
             pass
         times, outputs, other = time_paths(paths, waves, args.repeats)
         body = report(args, model, files, export_s, times, outputs,
-                      args.num_utts * args.duration, other)
+                      args.num_utts * args.duration, other, rt.read_token_table(tokens))
     print(body)
     if args.write:
         write_section("export", "Deployment: PyTorch vs ONNX Runtime vs sherpa-onnx (CPU, "

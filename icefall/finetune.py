@@ -89,7 +89,9 @@ def load_finetune_checkpoint(model: nn.Module, filename: str | Path,
 
 
 def setup_trainable_parameters(model: nn.Module, use_adapters: bool) -> None:
-    """With adapters, freezes everything but them; logs icefall's trainable-count line."""
+    """With adapters, freezes everything but them; logs icefall's parameter-count lines."""
     if use_adapters:
         freeze_all_but_adapters(model)
-    logging.info(str(count_parameters(model)))
+    count = count_parameters(model)
+    logging.info(f"Number of model parameters: {count.total}")
+    logging.info(str(count))

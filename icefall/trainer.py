@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -694,6 +694,12 @@ def preflight(args: argparse.Namespace) -> None:
                        allow_unsafe=args.trust_checkpoint)
 
 
+def _exit_with_error(e: Exception) -> NoReturn:
+    """One line on stderr naming the script and the problem; exit status 1."""
+    print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
 def main(recipe: Recipe, argv: list[str] | None = None) -> None:
     """Parses flags, checks inputs, and trains on --world-size processes (or torchrun's)."""
     args = get_parser(recipe).parse_args(argv)
@@ -701,10 +707,8 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> None:
     try:
         preflight(args)
     except (ValueError, OSError, CheckpointError) as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _exit_with_error(e)
     try:
         launch(run, args.world_size, args)
-    except TrainingDataError as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except TrainingDataError as e:  # the one user error found after training started
+        _exit_with_error(e)

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TRAIN_MODEL
 
+from icefall.checkpoint import load_checkpoint_file
+from icefall.zipformer import adapter_parameters, count_parameters, get_model
+
 # The TRAIN_MODEL flags as run.sh takes them (one string), with the CTC head the demo uses.
 MODEL_FLAGS = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in TRAIN_MODEL.items())
 MODEL_FLAGS += " --use-ctc 1"
@@ -105,14 +108,28 @@ def test_report_identities_hold(demo):
     adapter_b = _recogs(recipe, "adapter", "B")
     assert _recogs(recipe, "onnx", "B") == adapter_b
     assert _recogs(recipe, "sherpa_onnx", "B") == adapter_b
-    assert 0 < report["trainable_params"] < 0.1 * report["total_params"]
+    model = get_model(load_checkpoint_file(recipe / "exp" / "adapter" / "epoch-2.pt")
+                      ["params"]["model"])
+    assert report["total_params"] == count_parameters(model).total
+    assert report["trainable_params"] == sum(p.numel() for p in adapter_parameters(model)) > 0
     assert set(report["seconds"]) == set(STAGES)
 
 
-def test_rerun_skips_finished_stages(demo):
+def test_rerun_skips_finished_stages_and_redoes_an_interrupted_one(demo):
+    """A decoding stage writes into <dir>.tmp and renames it when done: one interrupted
+    before the rename (here: onnx, with a partial .tmp) runs again; the rest are skipped."""
     recipe, _ = demo
+    decode = recipe / "exp" / "decode"
+    before = _recogs(recipe, "onnx", "B")
+    (decode / "onnx").rename(decode / "onnx.tmp")
+    for f in (decode / "onnx.tmp").glob("wer-summary-*"):
+        f.unlink()
     env = dict(os.environ, PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(recipe / "run.sh"), *_demo_args(), "--stop-stage", "9"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("exists, skipping") == len(STAGES)
+    assert proc.stdout.count("exists, skipping") == len(STAGES) - 1
+    assert "Stage 8: decode_onnx\n" in proc.stdout
+    assert not (decode / "onnx.tmp").exists()
+    assert _recogs(recipe, "onnx", "B") == before
+    assert list((decode / "onnx").glob("wer-summary-B-*"))

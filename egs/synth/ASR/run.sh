@@ -75,6 +75,18 @@ run_stage() {
   mv "$exp_dir/stage_seconds.tsv.tmp" "$exp_dir/stage_seconds.tsv"
 }
 
+# fresh_tmp DIR: an empty DIR.tmp for a decoding stage to write into;
+# publish DIR: renames the finished DIR.tmp to DIR. An interrupted stage leaves only
+# DIR.tmp, so the stage (whose output is DIR) runs again on the next run.
+fresh_tmp() {
+  rm -rf "$1.tmp"
+  echo "$1.tmp"
+}
+publish() {
+  rm -rf "$1"
+  mv "$1.tmp" "$1"
+}
+
 # decode NAME SCRIPT EXP TEST_SETS EXTRA...: WER reports into $exp_dir/decode/NAME
 decode() {
   local name=$1 script=$2 exp=$3 sets=$4
@@ -83,7 +95,8 @@ decode() {
   $python "$recipes/$script" --exp-dir "$exp" --epoch "$epoch" --avg 1 \
     --use-averaged-model 0 $data_flags --max-duration "$decode_max_duration" \
     $model_flags --num-workers 0 \
-    --test-sets "$sets" --res-dir "$exp_dir/decode/$name" "$@"
+    --test-sets "$sets" --res-dir "$(fresh_tmp "$exp_dir/decode/$name")" "$@"
+  publish "$exp_dir/decode/$name"
 }
 
 A_TEST="A=synth_a_cuts_test.jsonl.gz"
@@ -152,7 +165,9 @@ onnx_decode() {
     --decoder-model-filename "$d/decoder-$tag$2.onnx" \
     --joiner-model-filename "$d/joiner-$tag$2.onnx" \
     --tokens "data/lang_bpe_$vocab_size/tokens.txt" --manifest-dir data/fbank \
-    --max-duration "$decode_max_duration" --test-sets "$B_TEST" --res-dir "$exp_dir/decode/$1"
+    --max-duration "$decode_max_duration" --test-sets "$B_TEST" \
+    --res-dir "$(fresh_tmp "$exp_dir/decode/$1")"
+  publish "$exp_dir/decode/$1"
 }
 run_stage 8 decode_onnx "$exp_dir/decode/onnx" onnx_decode onnx ""
 run_stage 8 decode_onnx_int8 "$exp_dir/decode/onnx_int8" onnx_decode onnx_int8 .int8
@@ -164,7 +179,8 @@ sherpa_decode() {
     --tokens "data/lang_bpe_$vocab_size/tokens.txt" \
     --cuts data/fbank/synth_b_cuts_test.jsonl.gz --test-set B \
     --max-duration "$decode_max_duration" \
-    --res-dir "$exp_dir/decode/sherpa_onnx"
+    --res-dir "$(fresh_tmp "$exp_dir/decode/sherpa_onnx")"
+  publish "$exp_dir/decode/sherpa_onnx"
 }
 run_stage 9 decode_sherpa_onnx "$exp_dir/decode/sherpa_onnx" sherpa_decode
 

@@ -7,7 +7,8 @@ Usage (from egs/synth/ASR, after run.sh's decoding stages):
 
 Reads ``<exp-dir>/decode/<system>/wer-summary-<set>-*.txt`` (written by the decode
 scripts), ``<exp-dir>/stage_seconds.tsv`` (written by run.sh) and the adapter training
-log's "A total of N trainable parameters" line; checks the demo's targets.
+log's "Number of model parameters" and "A total of N trainable parameters" lines;
+checks the demo's targets.
 """
 
 from __future__ import annotations
@@ -50,16 +51,15 @@ def read_seconds(exp_dir: Path) -> dict[str, int]:
 
 
 def read_param_counts(exp_dir: Path) -> tuple[int | None, int | None]:
-    """(trainable, total) from the adapter run's log line."""
+    """(trainable, total) from the adapter run's log (icefall's two count lines)."""
     log = exp_dir / "adapter" / "log" / "log-train"
     if not log.exists():
         return None, None
-    m = re.search(r"A total of (\d+) trainable parameters \(([\d.]+)% of the whole model\)",
-                  log.read_text())
-    if not m:
-        return None, None
-    trainable = int(m.group(1))
-    return trainable, round(trainable * 100.0 / float(m.group(2)))
+    text = log.read_text()
+    trainable = re.search(r"A total of (\d+) trainable parameters", text)
+    total = re.search(r"Number of model parameters: (\d+)", text)
+    return (int(trainable.group(1)) if trainable else None,
+            int(total.group(1)) if total else None)
 
 
 def check_targets(w: dict[str, float], seconds: dict[str, int]) -> list[tuple[str, bool, str]]:

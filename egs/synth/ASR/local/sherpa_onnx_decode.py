@@ -5,9 +5,9 @@ Usage (from egs/synth/ASR):
 
     python local/sherpa_onnx_decode.py --encoder exp/adapter/encoder-epoch-3-avg-1.onnx \
         --decoder exp/adapter/decoder-epoch-3-avg-1.onnx \
-        --joiner exp/adapter/joiner-epoch-3-avg-1.onnx --tokens data/lang_bpe_300/tokens.txt \
+        --joiner exp/adapter/joiner-epoch-3-avg-1.onnx --tokens data/lang_bpe_200/tokens.txt \
         --cuts data/fbank/synth_b_cuts_test.jsonl.gz --test-set B \
-        --res-dir exp/decode/sherpa_onnx
+        --max-duration 100 --res-dir exp/decode/sherpa_onnx
 
 sherpa-onnx computes its own features from the audio (kaldi-native-fbank) and runs
 greedy search, as a deployment would; the reports are decode.py's (recogs-, errs-,

@@ -3,11 +3,12 @@
 
 Usage (from egs/synth/ASR):
 
-    python local/train_bpe_model.py --lang-dir data/lang_bpe_300 --vocab-size 300
+    python local/train_bpe_model.py --lang-dir data/lang_bpe_200 --vocab-size 200
 
 The BPE model plays the part of LibriSpeech's BPE-500, whose pieces cover the English of
-both corpora: with the small synthetic vocabularies, 300 pieces give about 1.4 tokens a
-word. Writes ``bpe.model`` and ``tokens.txt`` (``<blk>`` 0, ``<sos/eos>`` 1, ``<unk>`` 2).
+both corpora; the demo's synthetic text (about 190 words) allows at most 238 pieces, and
+the demo uses 200. Writes ``bpe.model`` and ``tokens.txt`` (``<blk>`` 0, ``<sos/eos>`` 1,
+``<unk>`` 2).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from icefall.data import train_bpe_model
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lang-dir", type=Path, default=Path("data/lang_bpe_300"))
-    p.add_argument("--vocab-size", type=int, default=300)
+    p.add_argument("--lang-dir", type=Path, default=Path("data/lang_bpe_200"))
+    p.add_argument("--vocab-size", type=int, default=200)
     p.add_argument("--cuts", type=Path, nargs="+",
                    default=[Path("data/fbank/synth_a_cuts_train.jsonl.gz"),
                             Path("data/fbank/synth_b_cuts_train.jsonl.gz")])
