@@ -60,7 +60,8 @@ def _batch(N: int, T: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _frame_log_probs(model: TinyTransducer, frame: torch.Tensor, context: tuple[int, ...]):
     """(V,) log-probabilities on one frame after ``context`` (the last K ids)."""
-    dec = model.decoder(torch.tensor([context]), need_pad=False)  # (1, 1, D)
+    # The padded convolution path, not the search's one-step tables.
+    dec = model.decoder(torch.tensor([context]), need_pad=True)[:, -1:]  # (1, 1, D)
     logits = model.joiner(frame.view(1, 1, C), dec, project_input=True)  # (1, 1, V)
     return logits[0, 0].log_softmax(-1)
 

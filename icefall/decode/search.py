@@ -106,8 +106,7 @@ def _initial_context(K: int, blank_id: int) -> list[int]:
 
 def _decoder_proj(model: nn.Module, context: Tensor) -> Tensor:
     """(M, K) label contexts -> (M, J) projected decoder output."""
-    out = model.decoder(context.to(torch.int64), need_pad=False)  # (M, 1, D)
-    return model.joiner.decoder_proj(out.squeeze(1))
+    return model.joiner.project_decoder(model.decoder.one_step(context.to(torch.int64)))
 
 
 def _log_probs(logits: Tensor, blank_id: int, blank_penalty: float,
@@ -123,6 +122,20 @@ def _sort_by_length(encoder_out_lens: Tensor) -> tuple[list[int], Tensor]:
     """Returns the lengths sorted descending (list) and the (N,) permutation that sorts."""
     order = torch.argsort(encoder_out_lens, descending=True, stable=True)
     return encoder_out_lens[order].tolist(), order
+
+
+def _project_frames(model: nn.Module, encoder_out: Tensor, order: Tensor) -> Tensor:
+    """(N, T, C) encoder output -> (T, N, J) projected frames, utterances in ``order``.
+
+    Time-major, so that a frame of all active utterances is one contiguous block. The
+    Zipformer encoder's output is (T, N, C) in memory, which makes the projection a
+    single GEMM without a copy; the sort then moves whole (J,) rows, and is skipped when
+    the batch is already longest first.
+    """
+    enc = model.joiner.project_encoder(encoder_out.transpose(0, 1))  # (T, N, J)
+    if not bool((order == torch.arange(order.numel(), device=order.device)).all()):
+        enc = enc.index_select(1, order)
+    return enc
 
 
 def _active_counts(sorted_lens: Sequence[int], T: int) -> list[int]:
@@ -166,7 +179,7 @@ def greedy_search(model: nn.Module, encoder_out: Tensor, max_sym_per_frame: int 
         raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
     blank_id, K, unk_id = _symbols(model)
     device = encoder_out.device
-    enc = model.joiner.encoder_proj(encoder_out[0])  # (T, J)
+    enc = model.joiner.project_encoder(encoder_out[0])  # (T, J)
     hyp = _initial_context(K, blank_id)
     dec = _decoder_proj(model, torch.tensor([hyp], device=device))  # (1, J)
     timestamps: list[int] = []
@@ -213,7 +226,7 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
     blank_id, K, unk_id = _symbols(model)
     device = encoder_out.device
     sorted_lens, order = _sort_by_length(encoder_out_lens.to(device))
-    enc = model.joiner.encoder_proj(encoder_out.index_select(0, order))  # (N, T, J)
+    enc = _project_frames(model, encoder_out, order)  # (T, N, J)
     context = torch.tensor([_initial_context(K, blank_id)] * N, device=device)  # (N, K)
     dec = _decoder_proj(model, context)  # (N, J)
     records: list[tuple[Tensor, Tensor, Tensor | None]] = []  # (rows, tokens, log-probs)
@@ -221,13 +234,16 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
     for t, active in enumerate(_active_counts(sorted_lens, T)):
         rows: Tensor | None = None  # None: all of [0, active), read as slices
         for _ in range(max_sym_per_frame):
-            e_t, d_t = (enc[:active, t], dec[:active]) if rows is None else (enc[rows, t],
+            e_t, d_t = (enc[t, :active], dec[:active]) if rows is None else (enc[t, rows],
                                                                                dec[rows])
             logits = model.joiner(e_t, d_t, project_input=False)  # (R, V)
             if blank_penalty != 0:
                 logits[:, blank_id] -= blank_penalty
             tok = logits.argmax(dim=-1)
-            emit = ((tok != blank_id) & (tok != unk_id)).nonzero().squeeze(1)
+            emitting = tok != blank_id
+            if unk_id != blank_id:
+                emitting &= tok != unk_id
+            emit = emitting.nonzero().squeeze(1)
             if emit.numel() == 0:
                 break
             rows = emit if rows is None else rows[emit]
@@ -239,8 +255,8 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
             records.append((rows, tok, logp))
             frames.append(t)
             new_context = torch.cat([context[rows, 1:], tok[:, None]], dim=1)  # (E, K)
-            context[rows] = new_context
-            dec[rows] = _decoder_proj(model, new_context)
+            context.index_copy_(0, rows, new_context)
+            dec.index_copy_(0, rows, _decoder_proj(model, new_context))
     hyps, times, scores = _split_records(records, frames, N)
     hyps, times, scores = (_unsort(x, order) for x in (hyps, times, scores))
     if return_timestamps:
@@ -408,10 +424,10 @@ def modified_beam_search(model: nn.Module, encoder_out: Tensor, encoder_out_lens
     blank_id, K, unk_id = _symbols(model)
     device = encoder_out.device
     sorted_lens, order = _sort_by_length(encoder_out_lens.to(device))
-    enc = model.joiner.encoder_proj(encoder_out.index_select(0, order))  # (N, T, J)
+    enc = _project_frames(model, encoder_out, order)  # (T, N, J)
     beams = _Beams.initial(N, int(beam), K, T, blank_id, device)
     for t, active in enumerate(_active_counts(sorted_lens, T)):
-        _beam_step(model, beams, enc[:active, t], t, K, blank_id, unk_id,
+        _beam_step(model, beams, enc[t, :active], t, K, blank_id, unk_id,
                    blank_penalty, temperature)
     rank = beams.scores / beams.lens if length_norm else beams.scores
     best = rank.argmax(dim=1).tolist()
@@ -503,7 +519,7 @@ def beam_search(model: nn.Module, encoder_out: Tensor, beam: int = 4, temperatur
     _check_positive(temperature, "temperature")
     blank_id, K, unk_id = _symbols(model)
     device = encoder_out.device
-    enc = model.joiner.encoder_proj(encoder_out[0])  # (T, J)
+    enc = model.joiner.project_encoder(encoder_out[0])  # (T, J)
     dec_cache: dict[tuple[int, ...], Tensor] = {}
     B: _Hyps = {tuple(_initial_context(K, blank_id)): (0.0, [])}
     for t in range(T):
@@ -587,7 +603,7 @@ def fast_beam_search_one_best(model: nn.Module, decoding_graph, encoder_out: Ten
                                    max_contexts=max_contexts, max_states=max_states)
     streams = k2.RnntDecodingStreams(
         [k2.RnntDecodingStream(decoding_graph) for _ in range(N)], config)
-    enc = model.joiner.encoder_proj(encoder_out)  # (N, T, J)
+    enc = model.joiner.project_encoder(encoder_out)  # (N, T, J)
     for t in range(T):
         shape, contexts = streams.get_contexts()  # contexts: (M, K)
         dec = _decoder_proj(model, contexts)

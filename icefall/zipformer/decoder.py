@@ -57,33 +57,102 @@ class Decoder(nn.Module):
           (N, U, D) with need_pad, else (N, 1, D).
         """
         y = y.to(torch.int64)
+        if not need_pad:
+            if y.size(1) != self.context_size:
+                raise ValueError(f"decoder input must have {self.context_size} labels when "
+                                 f"need_pad=False, got {y.size(1)}")
+            if not _is_exporting():
+                return self.one_step(y).unsqueeze(1)  # (N, 1, D)
         emb = self.embedding(y.clamp(min=0)) * (y >= 0).unsqueeze(-1)  # (N, U, D)
         emb = self.balancer(emb)
         if self.context_size == 1:
             return emb
-        if not need_pad and emb.size(1) != self.context_size:
-            raise ValueError(f"decoder input must have {self.context_size} labels when "
-                             f"need_pad=False, got {emb.size(1)}")
-        if not need_pad and not _is_exporting():
-            return F.relu(self._one_step(emb)).unsqueeze(1)  # (N, 1, D)
         emb = emb.permute(0, 2, 1)  # (N, D, U)
         if need_pad:
             emb = F.pad(emb, pad=(self.context_size - 1, 0))
         out = F.relu(self.conv(emb).permute(0, 2, 1))  # (N, U, D)
         return self.balancer2(out)
 
-    def _one_step(self, emb: Tensor) -> Tensor:
-        """The grouped convolution at a single position, as one einsum: several times
-        faster than a convolution call for the few rows a search step updates.
+    def one_step(self, y: Tensor) -> Tensor:
+        """The decoder output for one context per row, as a search step needs it.
+
+        Without grad (decoding) the output is a sum of K rows of :meth:`step_tables`: a
+        step that updates a few hypotheses costs K row gathers instead of an embedding
+        lookup and a grouped convolution. With grad the grouped convolution runs as one
+        einsum (several times faster than a convolution call on a few rows).
 
         Args:
-          emb: (N, K, D) embeddings of the last K labels.
+          y: (N, K) int64 label ids, the oldest first; -1 (before the utterance start)
+            contributes zero.
         Returns:
-          (N, D), equal to ``conv(emb.permute(0, 2, 1))[..., 0]``.
+          (N, D), equal (up to float rounding) to ``forward(y, need_pad=False)[:, 0]``
+          computed with the convolution.
         """
+        if not torch.is_grad_enabled():
+            tables = self.step_tables()  # (K, V + 1, D)
+            idx = torch.where(y < 0, self.vocab_size, y)  # (N, K); -1 -> the zero row
+            out = tables[0].index_select(0, idx[:, 0])  # (N, D)
+            for k in range(1, self.context_size):
+                out = out.add_(tables[k].index_select(0, idx[:, k]))
+            return out.relu_() if self.context_size > 1 else out
+        emb = self.embedding(y.clamp(min=0)) * (y >= 0).unsqueeze(-1)  # (N, K, D)
+        emb = self.balancer(emb)
+        if self.context_size == 1:
+            return emb[:, 0]
         N, K, D = emb.shape
         groups = self.conv.groups
         per = D // groups
         w = self.conv.weight.view(groups, per, per, K)  # (G, out, in, K)
         x = emb.permute(0, 2, 1).reshape(N, groups, per, K)  # (N, G, in, K)
-        return torch.einsum("ngik,goik->ngo", x, w).reshape(N, D)
+        return torch.einsum("ngik,goik->ngo", x, w).reshape(N, D).relu()
+
+    def step_tables(self) -> Tensor:
+        """Per-position contributions of every label to the one-step convolution output.
+
+        With K = 1 the tables are the embedding (there is no convolution). Built without
+        grad and kept until the embedding or convolution weight is replaced,
+        moved or modified in place: the cache holds a view of each weight (so its storage
+        cannot be reused) and the weight's version counter.
+
+        Returns:
+          (K, V + 1, D): ``tables[k, v]`` is the output contribution of label v at context
+          position k (0 = oldest); row V is zero (label -1, before the utterance start).
+        """
+        weights = (self.embedding.weight,)
+        if self.context_size > 1:
+            weights += (self.conv.weight,)
+        cached = getattr(self, "_tables", None)
+        if cached is not None and _unchanged(weights, cached[0], cached[1]):
+            return cached[2]
+        V, D = weights[0].shape
+        K = self.context_size
+        with torch.no_grad():
+            if K == 1:
+                tables = weights[0].detach().unsqueeze(0)  # (1, V, D): the embedding itself
+            else:
+                groups = self.conv.groups
+                per = D // groups
+                w = weights[1].detach().view(groups, per, per, K)  # (G, out, in, K)
+                e = weights[0].detach().view(V, groups, per)  # (V, G, in)
+                tables = torch.einsum("vgi,goik->kvgo", e, w).reshape(K, V, D)
+            tables = torch.cat([tables, tables.new_zeros(K, 1, D)], dim=1)  # (K, V + 1, D)
+        versions = _versions(weights)
+        if versions is not None:
+            self._tables = (tuple(w.detach() for w in weights), versions, tables)
+        return tables
+
+
+def _versions(weights: tuple[Tensor, ...]) -> tuple[int, ...] | None:
+    """The weights' version counters; None for inference tensors, which have none."""
+    try:
+        return tuple(w._version for w in weights)
+    except RuntimeError:
+        return None
+
+
+def _unchanged(weights: tuple[Tensor, ...], views: tuple[Tensor, ...],
+               versions: tuple[int, ...]) -> bool:
+    """True if ``weights`` still hold the storage, layout and version seen in ``views``."""
+    same = all(w.data_ptr() == v.data_ptr() and w.dtype == v.dtype and w.shape == v.shape
+               for w, v in zip(weights, views))
+    return same and _versions(weights) == versions

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from icefall.zipformer.cpu_linear import linear
 from icefall.zipformer.scaling import ScaledLinear
 
 
@@ -38,7 +39,15 @@ class Joiner(nn.Module):
             raise ValueError(f"encoder_out and decoder_out must have the same rank, got "
                              f"{tuple(encoder_out.shape)} and {tuple(decoder_out.shape)}")
         if project_input:
-            logit = self.encoder_proj(encoder_out) + self.decoder_proj(decoder_out)
+            logit = self.project_encoder(encoder_out) + self.project_decoder(decoder_out)
         else:
             logit = encoder_out + decoder_out
-        return self.output_linear(torch.tanh(logit))
+        return linear(torch.tanh(logit), self.output_linear)
+
+    def project_encoder(self, encoder_out: Tensor) -> Tensor:
+        """(..., C) -> (..., J); decoding on CPU may use oneDNN (icefall.zipformer.cpu_linear)."""
+        return linear(encoder_out, self.encoder_proj)
+
+    def project_decoder(self, decoder_out: Tensor) -> Tensor:
+        """(..., D) -> (..., J); decoding on CPU may use oneDNN (icefall.zipformer.cpu_linear)."""
+        return linear(decoder_out, self.decoder_proj)
