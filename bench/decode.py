@@ -9,8 +9,8 @@ The same utterances are processed one at a time and as one padded batch. The enc
 and each search (greedy_search, modified_beam_search with beam 4) are timed apart: the
 target concerns the search, which batching serves without a Python loop over
 utterances; the encoder's share is reported next to it, and the end-to-end RTF is their
-sum. Each search runs twice: as decoding runs (linear layers of >= 3 rows on oneDNN, see
-icefall/zipformer/cpu_linear.py) and with F.linear (MKL) throughout. RTF = processing
+sum. Each search runs twice: as decoding runs (linear layers of MIN_ROWS rows or more
+on oneDNN, see icefall/zipformer/cpu_linear.py) and with F.linear (MKL) throughout. RTF = processing
 seconds / audio seconds. The weights are
 random; the joiner's blank bias is set so that about one frame in eight emits a token
 (~3 tokens a second, LibriSpeech's BPE-500 rate), since the search's cost depends on
@@ -185,7 +185,7 @@ def main() -> None:
         f"be at most {t[1]['greedy_search/onednn'] / t[n]['floor']:.2f}x faster per "
         f"utterance than at batch 1 here. The encoder is "
         f"{t[n]['encoder'] / t[1]['encoder']:.2f}x slower per utterance at batch {n} on "
-        "this 2-core machine (its element-wise activations over batch-16 tensors no "
+        f"this 2-core machine (its element-wise activations over batch-{n} tensors no "
         "longer fit the cache) and dominates the end-to-end time.",
     ])
     print(body)

@@ -26,6 +26,22 @@ def test_the_onednn_operator_is_there_on_x86_builds():
     assert cpu_linear._onednn_works()
 
 
+def test_an_operator_that_disagrees_is_never_used(monkeypatch):
+    class WrongReference:  # F.linear as the check sees it, off by one everywhere
+        @staticmethod
+        def linear(x, w, b):
+            return torch.nn.functional.linear(x, w, b) + 1.0
+
+    monkeypatch.setattr(cpu_linear, "_works", None)
+    monkeypatch.setattr(cpu_linear, "F", WrongReference)
+    layer = _layer()
+    x = torch.randn(16, 48)
+    with torch.inference_mode():
+        assert kernel_for(x, layer) == "torch"
+        assert torch.equal(linear(x, layer), layer(x))
+    assert cpu_linear._works is False
+
+
 @pytest.mark.parametrize("rows", [1, 2, MIN_ROWS, 16, 300])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_equals_the_layer_on_every_route(rows, bias):

@@ -63,8 +63,7 @@ class Decoder(nn.Module):
                                  f"need_pad=False, got {y.size(1)}")
             if not _is_exporting():
                 return self.one_step(y).unsqueeze(1)  # (N, 1, D)
-        emb = self.embedding(y.clamp(min=0)) * (y >= 0).unsqueeze(-1)  # (N, U, D)
-        emb = self.balancer(emb)
+        emb = self._embed(y)  # (N, U, D)
         if self.context_size == 1:
             return emb
         emb = emb.permute(0, 2, 1)  # (N, D, U)
@@ -72,6 +71,10 @@ class Decoder(nn.Module):
             emb = F.pad(emb, pad=(self.context_size - 1, 0))
         out = F.relu(self.conv(emb).permute(0, 2, 1))  # (N, U, D)
         return self.balancer2(out)
+
+    def _embed(self, y: Tensor) -> Tensor:
+        """(N, U) label ids -> (N, U, D) embeddings; id -1 embeds to zero."""
+        return self.balancer(self.embedding(y.clamp(min=0)) * (y >= 0).unsqueeze(-1))
 
     def one_step(self, y: Tensor) -> Tensor:
         """The decoder output for one context per row, as a search step needs it.
@@ -95,8 +98,7 @@ class Decoder(nn.Module):
             for k in range(1, self.context_size):
                 out = out.add_(tables[k].index_select(0, idx[:, k]))
             return out.relu_() if self.context_size > 1 else out
-        emb = self.embedding(y.clamp(min=0)) * (y >= 0).unsqueeze(-1)  # (N, K, D)
-        emb = self.balancer(emb)
+        emb = self._embed(y)  # (N, K, D)
         if self.context_size == 1:
             return emb[:, 0]
         N, K, D = emb.shape
