@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
 from icefall.decode.search import decode_batch  # noqa: E402
+from icefall.decode.step import TransducerStep  # noqa: E402
 from icefall.zipformer import get_model  # noqa: E402
 from icefall.zipformer.cpu_linear import MIN_ROWS, use_onednn  # noqa: E402
 
@@ -87,16 +88,16 @@ def search(model, encoded: list[tuple[torch.Tensor, torch.Tensor]], method: str)
 
 def joiner_floor(model, encoded: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Seconds of the work no exact frame-synchronous greedy search can skip: the encoder
-    projection of every frame and, frame by frame, the joiner's tanh and 512x500 output
-    layer for every utterance in the batch (decoder updates and bookkeeping left out)."""
-    joiner = model.joiner
+    projection of every frame and, frame by frame, the joiner and the argmax for every
+    utterance in the batch (decoder updates and bookkeeping left out)."""
     start = time.perf_counter()
     with torch.inference_mode():
         for enc, _ in encoded:
-            frames = joiner.project_encoder(enc.transpose(0, 1))  # (T, N, J)
+            step = TransducerStep(model)  # the joiner as the searches run it
+            frames = step.project_encoder(enc.transpose(0, 1))  # (T, N, J)
             dec = torch.zeros_like(frames[0])  # (N, J)
-            for t in range(frames.size(0)):
-                joiner(frames[t], dec, project_input=False).argmax(dim=-1)
+            for frame in frames.unbind(0):
+                step.logits(frame, dec).argmax(dim=-1)
     return time.perf_counter() - start
 
 
@@ -179,7 +180,8 @@ def main() -> None:
         f"{gain['modified_beam_search']:.2f}x faster.",
         "",
         f"Joiner floor: the encoder projection of every frame plus, frame by frame, the "
-        "joiner's tanh and 512x500 output layer for every utterance, i.e. the work no exact "
+        "joiner (sum, activation, 512x500 output layer) and the argmax for every utterance, "
+        "as the searches run them (icefall/decode/step.py), i.e. the work no exact "
         "frame-synchronous greedy search can skip (decoder updates and bookkeeping left "
         f"out). Even if everything else in a batch-{n} step were free, greedy search could "
         f"be at most {t[1]['greedy_search/onednn'] / t[n]['floor']:.2f}x faster per "

@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from icefall.zipformer import cpu_linear
-from icefall.zipformer.cpu_linear import MIN_ROWS, kernel_for, linear, use_onednn
+from icefall.zipformer.cpu_linear import (
+    MIN_ROWS,
+    decoding_linear,
+    kernel_for,
+    linear,
+    use_onednn,
+)
+from icefall.zipformer.derived import cached_names
 
 
 def _layer(bias: bool = True, seed: int = 0) -> nn.Linear:
@@ -109,3 +116,58 @@ def test_environment_variable_turns_the_route_off():
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)
     assert res.stdout.strip() == "torch"
+
+
+def test_the_packed_weight_is_reused_until_the_weight_changes():
+    layer = _layer()
+    x = torch.randn(16, 48)
+    with torch.inference_mode():
+        if kernel_for(x, layer) != "onednn":
+            pytest.skip("no oneDNN route on this build")
+        first = cpu_linear.packed_weight(layer)
+        assert cpu_linear.packed_weight(layer) is first
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # in place: the version counter moves
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(x, layer), layer(x), rtol=1e-5, atol=1e-5)
+        assert cpu_linear.packed_weight(layer) is not first
+    layer.load_state_dict(_layer(seed=3).state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(x, layer), layer(x), rtol=1e-5, atol=1e-5)
+        layer.weight.add_(1.0)  # a normal tensor changed inside inference mode
+        torch.testing.assert_close(linear(x, layer), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_layers_created_in_inference_mode_work_without_a_cache():
+    with torch.inference_mode():
+        layer = _layer()
+        x = torch.randn(16, 48)
+        torch.testing.assert_close(linear(x, layer), layer(x), rtol=1e-5, atol=1e-5)
+    assert cached_names(layer) == []
+
+
+@pytest.mark.parametrize("shape", [(1, 48), (2, 48), (16, 48), (3, 5, 48)])
+def test_decoding_linear_equals_linear(shape):
+    layer = _layer()
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        fn = decoding_linear(layer)
+        out, ref, route = fn(x), linear(x, layer), kernel_for(x, layer)
+        if route == "torch":
+            assert torch.equal(out, layer(x))
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_decoding_linear_decides_its_route_when_made():
+    layer = _layer()
+    x = torch.randn(16, 48)
+    fn = decoding_linear(layer)  # grad on: the plain layer, whatever the later mode
+    with torch.inference_mode():
+        assert torch.equal(fn(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        previous = use_onednn(False)
+        try:
+            off = decoding_linear(layer)
+        finally:
+            use_onednn(previous)
+        assert torch.equal(off(x), torch.nn.functional.linear(x, layer.weight, layer.bias))

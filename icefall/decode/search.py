@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from icefall.decode.step import TransducerStep
+
 _NEG_INF = float("-inf")
 _PAD = -2  # fills hypothesis slots past their length (never a real id, never -1)
 
@@ -94,21 +96,6 @@ def _check_positive(value: float, name: str) -> None:
         raise ValueError(f"{name} must be positive, got {value}")
 
 
-def _symbols(model: nn.Module) -> tuple[int, int, int]:
-    """Returns (blank_id, context_size K, unk_id) of ``model``."""
-    blank_id = int(model.decoder.blank_id)
-    return blank_id, int(model.decoder.context_size), int(getattr(model, "unk_id", blank_id))
-
-
-def _initial_context(K: int, blank_id: int) -> list[int]:
-    return [-1] * (K - 1) + [blank_id]
-
-
-def _decoder_proj(model: nn.Module, context: Tensor) -> Tensor:
-    """(M, K) label contexts -> (M, J) projected decoder output."""
-    return model.joiner.project_decoder(model.decoder.one_step(context.to(torch.int64)))
-
-
 def _log_probs(logits: Tensor, blank_id: int, blank_penalty: float,
                temperature: float = 1.0) -> Tensor:
     """(M, V) logits -> (M, V) log-probabilities after the blank penalty and temperature."""
@@ -124,7 +111,7 @@ def _sort_by_length(encoder_out_lens: Tensor) -> tuple[list[int], Tensor]:
     return encoder_out_lens[order].tolist(), order
 
 
-def _project_frames(model: nn.Module, encoder_out: Tensor, order: Tensor) -> Tensor:
+def _project_frames(step: TransducerStep, encoder_out: Tensor, order: Tensor) -> Tensor:
     """(N, T, C) encoder output -> (T, N, J) projected frames, utterances in ``order``.
 
     Time-major, so that a frame of all active utterances is one contiguous block. The
@@ -132,7 +119,7 @@ def _project_frames(model: nn.Module, encoder_out: Tensor, order: Tensor) -> Ten
     single GEMM without a copy; the sort then moves whole (J,) rows, and is skipped when
     the batch is already longest first.
     """
-    enc = model.joiner.project_encoder(encoder_out.transpose(0, 1))  # (T, N, J)
+    enc = step.project_encoder(encoder_out.transpose(0, 1))  # (T, N, J)
     if not bool((order == torch.arange(order.numel(), device=order.device)).all()):
         enc = enc.index_select(1, order)
     return enc
@@ -140,7 +127,14 @@ def _project_frames(model: nn.Module, encoder_out: Tensor, order: Tensor) -> Ten
 
 def _active_counts(sorted_lens: Sequence[int], T: int) -> list[int]:
     """active[t] = number of utterances (sorted longest first) that have frame t."""
-    return [sum(1 for n in sorted_lens if n > t) for t in range(T)]
+    ending = [0] * (T + 1)  # ending[t]: utterances with exactly t frames
+    for n in sorted_lens:
+        ending[n] += 1
+    active, left = [], len(sorted_lens)
+    for t in range(T):
+        left -= ending[t]
+        active.append(left)
+    return active
 
 
 def _unsort(items: list, order: Tensor) -> list:
@@ -177,16 +171,17 @@ def greedy_search(model: nn.Module, encoder_out: Tensor, max_sym_per_frame: int 
     T = _check_single(encoder_out)
     if max_sym_per_frame < 1:
         raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
-    blank_id, K, unk_id = _symbols(model)
+    step = TransducerStep(model)
+    blank_id, K, unk_id = step.blank_id, step.context_size, step.unk_id
     device = encoder_out.device
-    enc = model.joiner.project_encoder(encoder_out[0])  # (T, J)
-    hyp = _initial_context(K, blank_id)
-    dec = _decoder_proj(model, torch.tensor([hyp], device=device))  # (1, J)
+    enc = step.project_encoder(encoder_out[0])  # (T, J)
+    hyp = step.initial_context()
+    dec = step.decoder_out_for(torch.tensor([hyp], device=device))  # (1, J)
     timestamps: list[int] = []
     scores: list[float] = []
     for t in range(T):
         for _ in range(max_sym_per_frame):
-            logits = model.joiner(enc[t:t + 1], dec, project_input=False)  # (1, V)
+            logits = step.logits(enc[t:t + 1], dec)  # (1, V)
             logp = _log_probs(logits, blank_id, blank_penalty)[0]
             y = int(logp.argmax())
             if y in (blank_id, unk_id):
@@ -194,7 +189,7 @@ def greedy_search(model: nn.Module, encoder_out: Tensor, max_sym_per_frame: int 
             hyp.append(y)
             timestamps.append(t)
             scores.append(float(logp[y]))
-            dec = _decoder_proj(model, torch.tensor([hyp[-K:]], device=device))
+            dec = step.decoder_out_for(torch.tensor([hyp[-K:]], device=device))
     tokens = hyp[K:]
     if return_timestamps:
         return DecodingResults(hyps=[tokens], timestamps=[timestamps], scores=[scores])
@@ -223,20 +218,24 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
     N, T = _check_batch(encoder_out, encoder_out_lens)
     if max_sym_per_frame < 1:
         raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
-    blank_id, K, unk_id = _symbols(model)
+    step = TransducerStep(model)
+    blank_id, unk_id = step.blank_id, step.unk_id
     device = encoder_out.device
     sorted_lens, order = _sort_by_length(encoder_out_lens.to(device))
-    enc = _project_frames(model, encoder_out, order)  # (T, N, J)
-    context = torch.tensor([_initial_context(K, blank_id)] * N, device=device)  # (N, K)
-    dec = _decoder_proj(model, context)  # (N, J)
+    enc = _project_frames(step, encoder_out, order)  # (T, N, J)
+    start = step.table_rows(torch.tensor(step.initial_context(), device=device))  # (K,)
+    context = start[:, None].repeat(1, N)  # (K, N) decoder table rows, position-major
+    dec = step.decoder_out(context)  # (N, J)
     records: list[tuple[Tensor, Tensor, Tensor | None]] = []  # (rows, tokens, log-probs)
     frames: list[int] = []
-    for t, active in enumerate(_active_counts(sorted_lens, T)):
+    for t, (frame_t, active) in enumerate(zip(enc.unbind(0), _active_counts(sorted_lens, T))):
         rows: Tensor | None = None  # None: all of [0, active), read as slices
         for _ in range(max_sym_per_frame):
-            e_t, d_t = (enc[t, :active], dec[:active]) if rows is None else (enc[t, rows],
-                                                                               dec[rows])
-            logits = model.joiner(e_t, d_t, project_input=False)  # (R, V)
+            if rows is None:
+                e_t, d_t = (frame_t, dec) if active == N else (frame_t[:active], dec[:active])
+            else:
+                e_t, d_t = frame_t.index_select(0, rows), dec.index_select(0, rows)
+            logits = step.logits(e_t, d_t)  # (R, V)
             if blank_penalty != 0:
                 logits[:, blank_id] -= blank_penalty
             tok = logits.argmax(dim=-1)
@@ -246,17 +245,18 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
             emit = emitting.nonzero().squeeze(1)
             if emit.numel() == 0:
                 break
-            rows = emit if rows is None else rows[emit]
-            tok = tok[emit]
+            rows = emit if rows is None else rows.index_select(0, emit)
+            tok = tok.index_select(0, emit)
             logp = None  # per-token log-probs only when scores are returned
             if return_timestamps:
                 sel = logits[emit]
                 logp = sel.gather(1, tok[:, None]).squeeze(1) - sel.logsumexp(dim=-1)
             records.append((rows, tok, logp))
             frames.append(t)
-            new_context = torch.cat([context[rows, 1:], tok[:, None]], dim=1)  # (E, K)
-            context.index_copy_(0, rows, new_context)
-            dec.index_copy_(0, rows, _decoder_proj(model, new_context))
+            # (K, E); a label id is its own table row
+            new_context = torch.cat([context[1:].index_select(1, rows), tok[None]])
+            context.index_copy_(1, rows, new_context)
+            dec.index_copy_(0, rows, step.decoder_out(new_context))
     hyps, times, scores = _split_records(records, frames, N)
     hyps, times, scores = (_unsort(x, order) for x in (hyps, times, scores))
     if return_timestamps:
@@ -270,7 +270,7 @@ def _split_records(records: list[tuple[Tensor, Tensor, Tensor | None]], frames: 
 
     Args:
       records: per emission step, (E_s,) utterance rows, tokens and log-probabilities
-        (None when scores were not computed: they are then 0.0).
+        (all None when scores were not computed: they are then 0.0).
       frames: the frame of each step.
       N: number of utterances.
     Returns:
@@ -283,9 +283,12 @@ def _split_records(records: list[tuple[Tensor, Tensor, Tensor | None]], frames: 
         return hyps, times, scores
     rows = torch.cat([r[0] for r in records]).cpu()
     toks = torch.cat([r[1] for r in records]).cpu()
-    lps = torch.cat([torch.zeros(len(r[0])) if r[2] is None else r[2].float().cpu()
-                     for r in records])
-    ts = torch.cat([torch.full((len(r[0]),), f) for r, f in zip(records, frames)])
+    if records[0][2] is None:  # no scores computed
+        lps = torch.zeros(rows.numel())
+    else:
+        lps = torch.cat([r[2] for r in records]).float().cpu()
+    per_step = torch.tensor([len(r[0]) for r in records])
+    ts = torch.repeat_interleave(torch.tensor(frames), per_step)  # frame of each emission
     rows, perm = torch.sort(rows, stable=True)  # emission order is kept within a row
     counts = torch.bincount(rows, minlength=N).tolist()
     for n, (tk, tt, lp) in enumerate(zip(toks[perm].split(counts), ts[perm].split(counts),
@@ -314,9 +317,11 @@ class _Beams:
     times: Tensor
 
     @staticmethod
-    def initial(N: int, W: int, K: int, T: int, blank_id: int, device: torch.device) -> _Beams:
+    def initial(N: int, W: int, context: list[int], T: int, device: torch.device) -> _Beams:
+        """N utterances of W slots, slot 0 holding the empty hypothesis after ``context``."""
+        K = len(context)
         ys = torch.full((N, W, K + T), _PAD, dtype=torch.int64, device=device)
-        ys[:, :, :K] = torch.tensor(_initial_context(K, blank_id), device=device)
+        ys[:, :, :K] = torch.tensor(context, device=device)
         scores = torch.full((N, W), _NEG_INF, device=device)
         scores[:, 0] = 0.0
         return _Beams(ys=ys, lens=torch.full((N, W), K, dtype=torch.int64, device=device),
@@ -324,7 +329,7 @@ class _Beams:
                       times=torch.zeros((N, W, T), dtype=torch.int64, device=device))
 
 
-def _candidate_scores(model: nn.Module, beams: _Beams, enc_t: Tensor, K: int, blank_id: int,
+def _candidate_scores(step: TransducerStep, beams: _Beams, enc_t: Tensor,
                       blank_penalty: float, temperature: float) -> Tensor:
     """Scores of every (hypothesis, next symbol) pair of the first A utterances.
 
@@ -334,15 +339,15 @@ def _candidate_scores(model: nn.Module, beams: _Beams, enc_t: Tensor, K: int, bl
     Returns:
       (A, W * V) total log-probabilities; index w * V + v extends slot w with symbol v.
     """
-    A = enc_t.size(0)
+    A, K = enc_t.size(0), step.context_size
     lens = beams.lens[:A]
     W = lens.size(1)
     ctx_idx = lens.unsqueeze(-1) - K + torch.arange(K, device=lens.device)  # (A, W, K)
     context = beams.ys[:A].gather(2, ctx_idx)
-    dec = _decoder_proj(model, context.reshape(A * W, K))  # (A*W, J)
+    dec = step.decoder_out_for(context.reshape(A * W, K))  # (A*W, J)
     enc = enc_t.unsqueeze(1).expand(A, W, enc_t.size(-1)).reshape(A * W, -1)
-    logits = model.joiner(enc, dec, project_input=False)  # (A*W, V)
-    logp = _log_probs(logits, blank_id, blank_penalty, temperature).reshape(A, W, -1)
+    logits = step.logits(enc, dec)  # (A*W, V)
+    logp = _log_probs(logits, step.blank_id, blank_penalty, temperature).reshape(A, W, -1)
     return (beams.scores[:A].unsqueeze(-1) + logp.to(beams.scores.dtype)).reshape(A, -1)
 
 
@@ -370,11 +375,12 @@ def _merge_duplicates(ys: Tensor, scores: Tensor) -> Tensor:
     return torch.where(valid & ~duplicate, merged, _NEG_INF)
 
 
-def _beam_step(model: nn.Module, beams: _Beams, enc_t: Tensor, t: int, K: int, blank_id: int,
-               unk_id: int, blank_penalty: float, temperature: float) -> None:
+def _beam_step(step: TransducerStep, beams: _Beams, enc_t: Tensor, t: int,
+               blank_penalty: float, temperature: float) -> None:
     """Advances the first A = enc_t.size(0) utterances of ``beams`` by frame t, in place."""
     A, W = enc_t.size(0), beams.scores.size(1)
-    cand = _candidate_scores(model, beams, enc_t, K, blank_id, blank_penalty, temperature)
+    K, blank_id, unk_id = step.context_size, step.blank_id, step.unk_id
+    cand = _candidate_scores(step, beams, enc_t, blank_penalty, temperature)
     V = cand.size(1) // W
     top_scores, top_idx = cand.topk(W, dim=1)  # (A, W), sorted descending
     parent, tok = top_idx // V, top_idx % V
@@ -421,14 +427,14 @@ def modified_beam_search(model: nn.Module, encoder_out: Tensor, encoder_out_lens
     if int(beam) != beam or beam < 1:
         raise ValueError(f"beam must be a positive integer, got {beam}")
     _check_positive(temperature, "temperature")
-    blank_id, K, unk_id = _symbols(model)
+    step = TransducerStep(model)
+    K = step.context_size
     device = encoder_out.device
     sorted_lens, order = _sort_by_length(encoder_out_lens.to(device))
-    enc = _project_frames(model, encoder_out, order)  # (T, N, J)
-    beams = _Beams.initial(N, int(beam), K, T, blank_id, device)
+    enc = _project_frames(step, encoder_out, order)  # (T, N, J)
+    beams = _Beams.initial(N, int(beam), step.initial_context(), T, device)
     for t, active in enumerate(_active_counts(sorted_lens, T)):
-        _beam_step(model, beams, enc[t, :active], t, K, blank_id, unk_id,
-                   blank_penalty, temperature)
+        _beam_step(step, beams, enc[t, :active], t, blank_penalty, temperature)
     rank = beams.scores / beams.lens if length_norm else beams.scores
     best = rank.argmax(dim=1).tolist()
     ys, lens, times = beams.ys.cpu(), beams.lens.cpu(), beams.times.cpu()
@@ -517,11 +523,12 @@ def beam_search(model: nn.Module, encoder_out: Tensor, beam: int = 4, temperatur
     if int(beam) != beam or beam < 1:
         raise ValueError(f"beam must be a positive integer, got {beam}")
     _check_positive(temperature, "temperature")
-    blank_id, K, unk_id = _symbols(model)
+    step = TransducerStep(model)
+    blank_id, K, unk_id = step.blank_id, step.context_size, step.unk_id
     device = encoder_out.device
-    enc = model.joiner.project_encoder(encoder_out[0])  # (T, J)
+    enc = step.project_encoder(encoder_out[0])  # (T, J)
     dec_cache: dict[tuple[int, ...], Tensor] = {}
-    B: _Hyps = {tuple(_initial_context(K, blank_id)): (0.0, [])}
+    B: _Hyps = {tuple(step.initial_context()): (0.0, [])}
     for t in range(T):
         joint_cache: dict[tuple[int, ...], Tensor] = {}
 
@@ -529,9 +536,9 @@ def beam_search(model: nn.Module, encoder_out: Tensor, beam: int = 4, temperatur
             context = ys[-K:]  # decoder output depends on the last K labels only
             if context not in cache:
                 if context not in dec_cache:
-                    dec_cache[context] = _decoder_proj(
-                        model, torch.tensor([context], device=device))
-                logits = model.joiner(enc[t:t + 1], dec_cache[context], project_input=False)
+                    dec_cache[context] = step.decoder_out_for(
+                        torch.tensor([context], device=device))
+                logits = step.logits(enc[t:t + 1], dec_cache[context])
                 cache[context] = _log_probs(logits, blank_id, blank_penalty, temperature)[0]
             return cache[context]
 
@@ -595,21 +602,21 @@ def fast_beam_search_one_best(model: nn.Module, decoding_graph, encoder_out: Ten
     """
     k2 = _import_k2()
     N, T = _check_batch(encoder_out, encoder_out_lens)
-    blank_id, K, _ = _symbols(model)
-    V = int(model.decoder.vocab_size)
+    step = TransducerStep(model)
+    K, V = step.context_size, int(model.decoder.vocab_size)
     if decoding_graph is None:
         decoding_graph = k2.trivial_graph(V - 1, device=encoder_out.device)
     config = k2.RnntDecodingConfig(vocab_size=V, decoder_history_len=K, beam=beam,
                                    max_contexts=max_contexts, max_states=max_states)
     streams = k2.RnntDecodingStreams(
         [k2.RnntDecodingStream(decoding_graph) for _ in range(N)], config)
-    enc = model.joiner.project_encoder(encoder_out)  # (N, T, J)
+    enc = step.project_encoder(encoder_out)  # (N, T, J)
     for t in range(T):
         shape, contexts = streams.get_contexts()  # contexts: (M, K)
-        dec = _decoder_proj(model, contexts)
+        dec = step.decoder_out_for(contexts)
         cur = enc[:, t].index_select(0, shape.row_ids(1).to(torch.int64))  # (M, J)
-        logits = model.joiner(cur, dec, project_input=False)
-        streams.advance(_log_probs(logits, blank_id, blank_penalty, temperature))
+        logits = step.logits(cur, dec)
+        streams.advance(_log_probs(logits, step.blank_id, blank_penalty, temperature))
     streams.terminate_and_flush_to_streams()
     lattice = streams.format_output(encoder_out_lens.tolist())
     best = k2.shortest_path(lattice, use_double_scores=True)

@@ -2,20 +2,23 @@
 
 PyTorch computes a float32 ``F.linear`` on CPU with MKL. On AMD processors MKL takes its
 AVX2 code paths, while oneDNN (shipped in every x86 PyTorch build as "mkldnn") uses
-AVX-512 where the processor has it. On this project's 2-core AMD EPYC machines oneDNN
-computes 16 rows x 512 -> 500 in 45 us against MKL's 68 us, 8 rows in 36 against 48,
-and 3968 rows in 5.1 ms against 11.1 ms. With fewer rows MKL's paths are as fast or
-faster inside a search, where the weights have left the cache since their last use:
-modified beam search at batch 1 (4 rows a step) took 8% longer with oneDNN.
-``bench/decode.py`` measures the searches both ways.
+AVX-512 where the processor has it. oneDNN is fastest with the weight reordered once into
+its own blocked layout ("packed", as TorchInductor does for frozen CPU models): the
+packed copy is built on first use and kept until the weight changes
+(:mod:`icefall.zipformer.derived`). On this project's 2-core AMD EPYC machines, in a
+greedy-search step at batch 16 (the joiner's 512 -> 500 output layer on 16 rows, the
+512 -> 512 decoder projection on 2), packed oneDNN takes 107 us against MKL's 154; with
+2, 3 and 4 rows in both layers 72, 75 and 80 us against 89, 118 and 131. With one row
+MKL is faster (58 against 69 us), so that stays on ``F.linear``. ``bench/decode.py``
+measures the searches both ways.
 
 :func:`linear` sends a float32 CPU call without grad and with at least ``MIN_ROWS`` rows
 to oneDNN's ``mkldnn::_linear_pointwise`` operator (the one TorchInductor emits for CPU
-linear layers), and everything else -- training, ONNX export and tracing, GPUs, other
-dtypes, fewer rows -- to the layer itself (``F.linear``). The operator is checked once
-against ``F.linear``; if it is missing or disagrees, ``F.linear`` is used from then on.
-``ICEFALL_ONEDNN_LINEAR=0`` in the environment, or :func:`use_onednn` (False), turns the
-route off.
+linear layers) with the packed weight, and everything else -- training, ONNX export and
+tracing, GPUs, other dtypes, single rows -- to the layer itself (``F.linear``). The
+operator is checked once against ``F.linear``; if it is missing or disagrees,
+``F.linear`` is used from then on. ``ICEFALL_ONEDNN_LINEAR=0`` in the environment, or
+:func:`use_onednn` (False), turns the route off.
 
 The two kernels add the products in different orders, so their results differ in the
 last bits (a few parts in a million): compare outputs exactly only when both sides took
@@ -28,14 +31,16 @@ O = output features.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from icefall.zipformer.derived import derived
 from icefall.zipformer.scaling import _is_exporting
 
-MIN_ROWS = 8  # below this MKL is as fast or faster inside a search (module docstring)
+MIN_ROWS = 2  # a single row is faster on MKL (module docstring)
 
 _enabled = os.environ.get("ICEFALL_ONEDNN_LINEAR", "1") != "0"
 _works: bool | None = None  # None until the operator has been checked
@@ -72,8 +77,58 @@ def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """
     if kernel_for(x, layer) == "torch":
         return layer(x)
+    return _onednn_linear(x, packed_weight(layer), layer.bias)
+
+
+def decoding_linear(layer: nn.Linear) -> Callable[[Tensor], Tensor]:
+    """``layer`` as a function for a search, with the checks of :func:`kernel_for` done
+    once: a search calls its layers on every frame, without grad, with fixed weights.
+
+    Call it inside the search (grad off). Hooks registered on ``layer`` are not run.
+
+    Args:
+      layer: an ``nn.Linear`` with weight (O, I) and optional bias (O,).
+    Returns:
+      A function (..., I) -> (..., O) equal to ``linear(x, layer)`` for inputs of the
+      layer's dtype and device, valid while the layer's weights stay unchanged.
+    """
+    weight, bias = layer.weight, layer.bias
+    probe = weight.new_empty(MIN_ROWS, weight.size(1))  # (M, I) as the search's inputs
+    if kernel_for(probe, layer) == "torch":
+        return lambda x: F.linear(x, weight, bias)
+    packed = packed_weight(layer)
+
+    def apply(x: Tensor) -> Tensor:
+        if x.numel() < MIN_ROWS * x.size(-1):
+            return F.linear(x, weight, bias)
+        return _onednn_linear(x, packed, bias)
+
+    return apply
+
+
+def packed_weight(layer: nn.Linear) -> Tensor:
+    """oneDNN's packed copy of ``layer.weight`` (O, I), built once per weight state.
+
+    A weight created under ``torch.inference_mode`` has no version counter to key a cache
+    on; it is used as it is (the operator takes plain weights too, a little slower).
+    """
+    if layer.weight.is_inference():
+        return layer.weight
+    return derived(layer, "onednn_packed_weight", (layer.weight,),
+                   lambda: _pack(layer.weight.detach()))
+
+
+def _pack(weight: Tensor) -> Tensor:
+    """(O, I) float32 weight -> the same matrix in oneDNN's blocked layout (opaque)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+
+
+def _onednn_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """(..., I) input, packed (O, I) weight -> (..., O)."""
+    if x.dim() == 2 and x.is_contiguous():  # a search's usual input: no reshaping
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     rows = x.reshape(-1, x.size(-1)).contiguous()  # (M, I)
-    out = torch.ops.mkldnn._linear_pointwise(rows, layer.weight, layer.bias, "none", [], "")
+    out = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
     return out.view(*x.shape[:-1], out.size(-1))  # (..., O)
 
 
@@ -85,7 +140,7 @@ def _onednn_works() -> bool:
         x, w, b = (torch.randn(*shape, generator=g) for shape in ((8, 24), (20, 24), (20,)))
         try:
             with torch.inference_mode():
-                out = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+                out = _onednn_linear(x, _pack(w), b)
             _works = bool(torch.allclose(out, F.linear(x, w, b), rtol=1e-4, atol=1e-5))
         except (AttributeError, RuntimeError, NotImplementedError):
             _works = False

@@ -6,10 +6,13 @@ K = context_size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from icefall.zipformer.derived import derived
 from icefall.zipformer.scaling import Balancer, _is_exporting
 
 
@@ -92,12 +95,8 @@ class Decoder(nn.Module):
           computed with the convolution.
         """
         if not torch.is_grad_enabled():
-            tables = self.step_tables()  # (K, V + 1, D)
-            idx = torch.where(y < 0, self.vocab_size, y)  # (N, K); -1 -> the zero row
-            out = tables[0].index_select(0, idx[:, 0])  # (N, D)
-            for k in range(1, self.context_size):
-                out = out.add_(tables[k].index_select(0, idx[:, k]))
-            return out.relu_() if self.context_size > 1 else out
+            cols = self.table_rows(y).t().contiguous()  # (K, N)
+            return self.sum_tables(self.step_tables(), cols)
         emb = self._embed(y)  # (N, K, D)
         if self.context_size == 1:
             return emb[:, 0]
@@ -108,13 +107,34 @@ class Decoder(nn.Module):
         x = emb.permute(0, 2, 1).reshape(N, groups, per, K)  # (N, G, in, K)
         return torch.einsum("ngik,goik->ngo", x, w).reshape(N, D).relu()
 
+    def table_rows(self, y: Tensor) -> Tensor:
+        """(..., K) label ids -> the same shape of :meth:`step_tables` rows (-1 -> row V)."""
+        return torch.where(y < 0, self.vocab_size, y)
+
+    @staticmethod
+    def sum_tables(tables: Sequence[Tensor], cols: Tensor) -> Tensor:
+        """The one-step decoder output from precomputed tables.
+
+        Args:
+          tables: K tables of (V + 1, D): :meth:`step_tables`, or its ``unbind(0)``
+            (a search holds the tuple, which saves a select per position and step).
+          cols: (K, N) int64 table rows (:meth:`table_rows`) of N contexts, position-major
+            (row 0 = the oldest label of each context), each row contiguous.
+        Returns:
+          (N, D): the sum of the K gathered rows, through ReLU when K > 1.
+        """
+        K = len(tables)
+        out = tables[0].index_select(0, cols[0])  # (N, D)
+        for k in range(1, K):
+            out = out.add_(tables[k].index_select(0, cols[k]))
+        return out.relu_() if K > 1 else out
+
     def step_tables(self) -> Tensor:
         """Per-position contributions of every label to the one-step convolution output.
 
         With K = 1 the tables are the embedding (there is no convolution). Built without
-        grad and kept until the embedding or convolution weight is replaced,
-        moved or modified in place: the cache holds a view of each weight (so its storage
-        cannot be reused) and the weight's version counter.
+        grad and kept until the embedding or convolution weight is replaced, moved or
+        modified in place (:func:`icefall.zipformer.derived.derived`).
 
         Returns:
           (K, V + 1, D): ``tables[k, v]`` is the output contribution of label v at context
@@ -123,38 +143,19 @@ class Decoder(nn.Module):
         weights = (self.embedding.weight,)
         if self.context_size > 1:
             weights += (self.conv.weight,)
-        cached = getattr(self, "_tables", None)
-        if cached is not None and _unchanged(weights, cached[0], cached[1]):
-            return cached[2]
-        V, D = weights[0].shape
+        return derived(self, "step_tables", weights, self._build_step_tables)
+
+    def _build_step_tables(self) -> Tensor:
+        """Computes :meth:`step_tables` from the current weights: (K, V + 1, D)."""
+        V, D = self.embedding.weight.shape
         K = self.context_size
         with torch.no_grad():
             if K == 1:
-                tables = weights[0].detach().unsqueeze(0)  # (1, V, D): the embedding itself
+                tables = self.embedding.weight.detach().unsqueeze(0)  # (1, V, D)
             else:
                 groups = self.conv.groups
                 per = D // groups
-                w = weights[1].detach().view(groups, per, per, K)  # (G, out, in, K)
-                e = weights[0].detach().view(V, groups, per)  # (V, G, in)
+                w = self.conv.weight.detach().view(groups, per, per, K)  # (G, out, in, K)
+                e = self.embedding.weight.detach().view(V, groups, per)  # (V, G, in)
                 tables = torch.einsum("vgi,goik->kvgo", e, w).reshape(K, V, D)
-            tables = torch.cat([tables, tables.new_zeros(K, 1, D)], dim=1)  # (K, V + 1, D)
-        versions = _versions(weights)
-        if versions is not None:
-            self._tables = (tuple(w.detach() for w in weights), versions, tables)
-        return tables
-
-
-def _versions(weights: tuple[Tensor, ...]) -> tuple[int, ...] | None:
-    """The weights' version counters; None for inference tensors, which have none."""
-    try:
-        return tuple(w._version for w in weights)
-    except RuntimeError:
-        return None
-
-
-def _unchanged(weights: tuple[Tensor, ...], views: tuple[Tensor, ...],
-               versions: tuple[int, ...]) -> bool:
-    """True if ``weights`` still hold the storage, layout and version seen in ``views``."""
-    same = all(w.data_ptr() == v.data_ptr() and w.dtype == v.dtype and w.shape == v.shape
-               for w, v in zip(weights, views))
-    return same and _versions(weights) == versions
+            return torch.cat([tables, tables.new_zeros(K, 1, D)], dim=1)  # (K, V + 1, D)
