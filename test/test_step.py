@@ -120,3 +120,22 @@ def test_float64_models_decode_in_float64():
         out = step.logits(step.project_encoder(x), step.decoder_out_for(y))
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, _reference_logits(model, x, y), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("context_size", [1, 2, 3])
+def test_advancing_partial_sums_equals_decoding_the_context(context_size):
+    model = Model(context_size)
+    K, M = context_size, 5
+    g = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        step = TransducerStep(model)
+        history = torch.tensor([step.initial_context()] * M)  # (M, K)
+        sums = step.partial_sums(history)
+        assert torch.equal(step.decoder_out_from_sums(sums), step.decoder_out_for(history))
+        for _ in range(4):
+            tok = torch.randint(1, V, (M,), generator=g)
+            sums = step.advance(sums, tok)
+            history = torch.cat([history, tok[:, None]], dim=1)
+            context = history[:, -K:]
+            assert torch.equal(step.decoder_out_from_sums(sums), step.decoder_out_for(context))
+            assert torch.equal(sums, step.partial_sums(context))

@@ -223,9 +223,8 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
     device = encoder_out.device
     sorted_lens, order = _sort_by_length(encoder_out_lens.to(device))
     enc = _project_frames(step, encoder_out, order)  # (T, N, J)
-    start = step.table_rows(torch.tensor(step.initial_context(), device=device))  # (K,)
-    context = start[:, None].repeat(1, N)  # (K, N) decoder table rows, position-major
-    dec = step.decoder_out(context)  # (N, J)
+    sums = step.partial_sums(torch.tensor([step.initial_context()] * N, device=device))
+    dec = step.decoder_out_from_sums(sums)  # (N, J); sums: (K, N, D)
     records: list[tuple[Tensor, Tensor, Tensor | None]] = []  # (rows, tokens, log-probs)
     frames: list[int] = []
     for t, (frame_t, active) in enumerate(zip(enc.unbind(0), _active_counts(sorted_lens, T))):
@@ -253,10 +252,9 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
                 logp = sel.gather(1, tok[:, None]).squeeze(1) - sel.logsumexp(dim=-1)
             records.append((rows, tok, logp))
             frames.append(t)
-            # (K, E); a label id is its own table row
-            new_context = torch.cat([context[1:].index_select(1, rows), tok[None]])
-            context.index_copy_(1, rows, new_context)
-            dec.index_copy_(0, rows, step.decoder_out(new_context))
+            new_sums = step.advance(sums.index_select(1, rows), tok)  # (K, E, D)
+            sums.index_copy_(1, rows, new_sums)
+            dec.index_copy_(0, rows, step.decoder_out_from_sums(new_sums))
     hyps, times, scores = _split_records(records, frames, N)
     hyps, times, scores = (_unsort(x, order) for x in (hyps, times, scores))
     if return_timestamps:

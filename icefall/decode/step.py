@@ -49,7 +49,8 @@ class TransducerStep:
         self.context_size = int(decoder.context_size)
         self.unk_id = int(getattr(model, "unk_id", self.blank_id))
         self._decoder = decoder
-        self._tables = decoder.step_tables().unbind(0)  # K x (V + 1, D)
+        self._table_stack = decoder.step_tables()  # (K, V + 1, D)
+        self._tables = self._table_stack.unbind(0)  # K x (V + 1, D)
         self._project_encoder = decoding_linear(doubled(joiner.encoder_proj))
         self._project_decoder = decoding_linear(doubled(joiner.decoder_proj))
         self._output = decoding_linear(sigmoid_form(joiner.output_linear))
@@ -74,6 +75,40 @@ class TransducerStep:
     def decoder_out_for(self, labels: Tensor) -> Tensor:
         """(M, K) label contexts (ids, -1 before the start) -> (M, J), as decoder_out."""
         return self.decoder_out(self.table_rows(labels).t().contiguous())
+
+    def partial_sums(self, labels: Tensor) -> Tensor:
+        """(M, K) label contexts (ids, -1 before the start) -> (K, M, D) partial sums Q.
+
+        With T_k the decoder's step tables and c the context (oldest label first), Q[i] is
+        the table sum of the context's last i + 1 labels at positions 0..i, the places they
+        take after K - 1 - i more labels: Q[i] = sum_{k <= i} T_k[c[K - 1 - i + k]]. Q[K - 1]
+        is the decoder output before its activation. Appending label y gives
+        Q'[0] = T_0[y] and Q'[i] = Q[i - 1] + T_i[y] (:meth:`advance`), so that greedy
+        search extends a hypothesis with one gather and one addition instead of rebuilding
+        its context and gathering K rows.
+        """
+        rows = self.table_rows(labels)  # (M, K)
+        K = self.context_size
+        sums = []
+        for i in range(K):
+            acc = self._tables[0].index_select(0, rows[:, K - 1 - i])  # (M, D)
+            for k in range(1, i + 1):
+                acc = acc + self._tables[k].index_select(0, rows[:, K - 1 - i + k])
+            sums.append(acc)
+        return torch.stack(sums)  # (K, M, D)
+
+    def advance(self, sums: Tensor, tokens: Tensor) -> Tensor:
+        """(K, E, D) partial sums of E contexts and (E,) label ids (>= 0) -> (K, E, D)
+        partial sums of the contexts with the labels appended."""
+        out = self._table_stack.index_select(1, tokens)  # (K, E, D): out[i] = T_i[y]
+        out[1:] += sums[:-1]
+        return out
+
+    def decoder_out_from_sums(self, sums: Tensor) -> Tensor:
+        """(K, M, D) partial sums -> (M, J): twice the projected decoder output, equal to
+        :meth:`decoder_out_for` of the contexts."""
+        full = sums[-1]  # (M, D)
+        return self._project_decoder(full.relu() if self.context_size > 1 else full)
 
     def logits(self, enc: Tensor, dec: Tensor) -> Tensor:
         """(M, J) doubled encoder frames and decoder outputs -> (M, V) joiner logits."""
