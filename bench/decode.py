@@ -2,7 +2,7 @@
 """Real-time factor of decoding with the default 65.5M model: batch 1 vs batch 16.
 
 Usage:
-  python bench/decode.py                 # 16 utterances of 10 s, 2 threads (~2 min)
+  python bench/decode.py                 # 16 utterances of 10 s, 2 threads (~4 min)
   python bench/decode.py --num-utts 4 --duration 4 --write 0     # quick look
 
 The same utterances are processed one at a time and as one padded batch. The encoder
@@ -48,6 +48,8 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="Seconds per utterance.")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="Timed repetitions (median).")
+    p.add_argument("--passes", type=int, default=3,
+                   help="Search passes per repetition (their mean is one measurement).")
     p.add_argument("--write", type=int, default=1, help="1: write docs/benchmarks.md.")
     return p.parse_args()
 
@@ -77,13 +79,16 @@ def encode(model, x: torch.Tensor, x_lens: torch.Tensor, batch_size: int
     return time.perf_counter() - start, outs
 
 
-def search(model, encoded: list[tuple[torch.Tensor, torch.Tensor]], method: str) -> float:
-    """Seconds to run ``method`` over the encoder outputs, batch by batch."""
+def search(model, encoded: list[tuple[torch.Tensor, torch.Tensor]], method: str,
+           passes: int = 1) -> float:
+    """Seconds to run ``method`` over the encoder outputs, batch by batch (the mean of
+    ``passes`` passes: a batch-16 greedy pass alone lasts only ~40 ms)."""
     start = time.perf_counter()
     with torch.no_grad():
-        for enc, lens in encoded:
-            decode_batch(model, enc, lens, method, beam_size=4)
-    return time.perf_counter() - start
+        for _ in range(passes):
+            for enc, lens in encoded:
+                decode_batch(model, enc, lens, method, beam_size=4)
+    return (time.perf_counter() - start) / passes
 
 
 def joiner_floor(model, encoded: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -101,7 +106,7 @@ def joiner_floor(model, encoded: list[tuple[torch.Tensor, torch.Tensor]]) -> flo
     return time.perf_counter() - start
 
 
-def measure_once(model, x, x_lens, bs: int, turn: int) -> dict[str, float]:
+def measure_once(model, x, x_lens, bs: int, turn: int, passes: int) -> dict[str, float]:
     """Seconds of each part at batch size ``bs``: the encoder, each search with each
     linear-layer route (icefall.zipformer.cpu_linear), and the joiner floor. The routes
     swap order from one turn to the next, after an untimed search pass."""
@@ -112,14 +117,14 @@ def measure_once(model, x, x_lens, bs: int, turn: int) -> dict[str, float]:
         previous = use_onednn(route == "onednn")
         try:
             for m in METHODS:
-                out[f"{m}/{route}"] = search(model, encoded, m)
+                out[f"{m}/{route}"] = search(model, encoded, m, passes)
         finally:
             use_onednn(previous)
     out["floor"] = joiner_floor(model, encoded)
     return out
 
 
-def measure(model, x, x_lens, sizes: tuple[int, ...], repeats: int
+def measure(model, x, x_lens, sizes: tuple[int, ...], repeats: int, passes: int
             ) -> dict[int, dict[str, float]]:
     """Median seconds of each part per batch size; the batch sizes take turns within each
     repetition, so that a slow spell of the shared machine hits both."""
@@ -128,7 +133,7 @@ def measure(model, x, x_lens, sizes: tuple[int, ...], repeats: int
     runs: dict[int, dict[str, list[float]]] = {bs: {} for bs in sizes}
     for turn in range(repeats):
         for bs in sizes:
-            for part, seconds in measure_once(model, x, x_lens, bs, turn).items():
+            for part, seconds in measure_once(model, x, x_lens, bs, turn, passes).items():
                 runs[bs].setdefault(part, []).append(seconds)
     return {bs: {k: statistics.median(v) for k, v in r.items()} for bs, r in runs.items()}
 
@@ -157,13 +162,14 @@ def main() -> None:
     x_lens = torch.full((args.num_utts,), frames)
     rate = calibrate_blank(model, x, x_lens)
     audio, n = args.num_utts * args.duration, args.num_utts
-    t = measure(model, x, x_lens, (1, n), args.repeats)
+    t = measure(model, x, x_lens, (1, n), args.repeats, args.passes)
     speedup = {r: t[1][f"greedy_search/{r}"] / t[n][f"greedy_search/{r}"] for r in ROUTES}
     gain = {m: t[n][f"{m}/torch"] / t[n][f"{m}/onednn"] for m in METHODS}
     best_one = min(t[1][f"greedy_search/{r}"] for r in ROUTES)
     body = "\n".join([
         f"{n} utterances x {args.duration:g} s, {args.threads} threads, median of "
-        f"{args.repeats} (batch sizes taking turns); tokens emitted on {100 * rate:.1f}% "
+        f"{args.repeats} (batch sizes taking turns; each search timed over {args.passes} "
+        f"passes); tokens emitted on {100 * rate:.1f}% "
         "of encoder frames.",
         "",
         f"| part | RTF, batch 1 | RTF, batch {n} | batch {n} speed-up per utterance |",

@@ -1,9 +1,10 @@
 """Transducer search: greedy, modified beam search, standard beam search, fast beam search.
 
 The functions follow the interface of icefall's ``beam_search.py`` (k2-fsa/icefall,
-``egs/librispeech/ASR/zipformer/beam_search.py``): they take ``model`` (anything with
-``.decoder`` and ``.joiner``, as the transducer model has) plus the encoder output, and return
-token ids per utterance, or a :class:`DecodingResults` with per-token frame indices.
+``egs/librispeech/ASR/zipformer/beam_search.py``): they take ``model`` (a transducer with
+this package's stateless ``.decoder`` and ``.joiner``, read once per search through
+:class:`icefall.decode.step.TransducerStep`) plus the encoder output, and return token ids
+per utterance, or a :class:`DecodingResults` with per-token frame indices.
 
 Conventions shared with icefall:
 
