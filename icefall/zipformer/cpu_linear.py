@@ -5,12 +5,17 @@ AVX2 code paths, while oneDNN (shipped in every x86 PyTorch build as "mkldnn") u
 AVX-512 where the processor has it. oneDNN is fastest with the weight reordered once into
 its own blocked layout ("packed", as TorchInductor does for frozen CPU models): the
 packed copy is built on first use and kept until the weight changes
-(:mod:`icefall.zipformer.derived`). On this project's 2-core AMD EPYC machines, in a
-greedy-search step at batch 16 (the joiner's 512 -> 500 output layer on 16 rows, the
-512 -> 512 decoder projection on 2), packed oneDNN takes 107 us against MKL's 154; with
-2, 3 and 4 rows in both layers 72, 75 and 80 us against 89, 118 and 131. With one row
-MKL is faster (58 against 69 us), so that stays on ``F.linear``. ``bench/decode.py``
-measures the searches both ways.
+(:mod:`icefall.zipformer.derived`). On this project's 2-core AMD EPYC machines, in a loop
+that mimics a greedy-search step at batch 16 (the joiner's 512 -> 500 output layer on 16
+rows, the 512 -> 512 decoder projection on 2, gathers and updates between them), a step
+took 107 us with packed oneDNN, 132 with oneDNN on the plain weights and 154 with MKL;
+with 2, 3 and 4 rows in both layers 72, 75 and 80 us against MKL's 89, 118 and 131. With
+one row MKL is faster (58 against 69 us), so that stays on ``F.linear``. oneDNN costs
+about 12 us a call whatever the size (MKL 2 to 3). ``bench/decode.py`` measures the
+searches both ways.
+
+:func:`decoding_linear` makes the checks of :func:`kernel_for` once, for a search that
+calls the same layer on every frame.
 
 :func:`linear` sends a float32 CPU call without grad and with at least ``MIN_ROWS`` rows
 to oneDNN's ``mkldnn::_linear_pointwise`` operator (the one TorchInductor emits for CPU
