@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import gc
 import pickle
+import weakref
 
 import torch
 from torch import nn
@@ -76,7 +77,9 @@ def test_the_cache_stays_out_of_state_copies_and_pickles_and_dies_with_the_modul
     build = Counting(clone)
     _value(clone, build)
     assert build.calls == 1  # the copy builds its own value
-    before = len(cached_names(layer))
+    assert len(cached_names(layer)) == 1
+    layer_ref, value_ref = weakref.ref(layer), weakref.ref(_value(layer, Counting(layer)))
     del layer
     gc.collect()
-    assert before == 1  # and the entry went with the module: nothing else refers to it
+    assert layer_ref() is None  # the cache does not keep the module alive
+    assert value_ref() is None  # and its entry went with it

@@ -66,13 +66,13 @@ class TransducerStep:
         return self._decoder.table_rows(labels.to(torch.int64))
 
     def project_encoder(self, encoder_out: Tensor) -> Tensor:
-        """(..., C) encoder output -> (..., J): twice ``joiner.project_encoder``."""
+        """(..., C) encoder output -> (..., J): twice ``joiner.encoder_proj``'s output."""
         return self._project_encoder(encoder_out)
 
     def decoder_out(self, cols: Tensor) -> Tensor:
-        """(K, M) decoder table rows of M contexts, position-major and each row contiguous
-        (the layout a search updates cheaply) -> (M, J): twice the projected decoder output."""
-        return self._project_decoder(self._decoder.sum_tables(self._tables, cols))
+        """(K, M) decoder table rows of M contexts in the layout of ``Decoder.sum_tables``
+        -> (M, J): twice the projected decoder output."""
+        return self._activate_and_project(self._decoder.sum_tables(self._tables, cols))
 
     def decoder_out_for(self, labels: Tensor) -> Tensor:
         """(M, K) label contexts (ids, -1 before the start) -> (M, J), as decoder_out."""
@@ -89,15 +89,11 @@ class TransducerStep:
         search extends a hypothesis with one gather and one addition instead of rebuilding
         its context and gathering K rows.
         """
-        rows = self.table_rows(labels)  # (M, K)
+        cols = self.table_rows(labels).t().contiguous()  # (K, M)
         K = self.context_size
-        sums = []
-        for i in range(K):
-            acc = self._tables[0].index_select(0, rows[:, K - 1 - i])  # (M, D)
-            for k in range(1, i + 1):
-                acc = acc + self._tables[k].index_select(0, rows[:, K - 1 - i + k])
-            sums.append(acc)
-        return torch.stack(sums)  # (K, M, D)
+        sum_tables = self._decoder.sum_tables
+        return torch.stack([sum_tables(self._tables[:i + 1], cols[K - 1 - i:])
+                            for i in range(K)])  # (K, M, D)
 
     def advance(self, sums: Tensor, tokens: Tensor) -> Tensor:
         """(K, E, D) partial sums of E contexts and (E,) label ids (>= 0) -> (K, E, D)
@@ -109,7 +105,11 @@ class TransducerStep:
     def decoder_out_from_sums(self, sums: Tensor) -> Tensor:
         """(K, M, D) partial sums -> (M, J): twice the projected decoder output, equal to
         :meth:`decoder_out_for` of the contexts."""
-        full = sums[-1]  # (M, D)
+        return self._activate_and_project(sums[-1])
+
+    def _activate_and_project(self, full: Tensor) -> Tensor:
+        """(M, D) table sum (left unchanged) -> (M, J): the decoder's activation (ReLU when
+        K > 1), then the doubled projection."""
         return self._project_decoder(full.relu() if self.context_size > 1 else full)
 
     def logits(self, enc: Tensor, dec: Tensor) -> Tensor:

@@ -61,7 +61,7 @@ def use_onednn(enabled: bool) -> bool:
 def kernel_for(x: Tensor, layer: nn.Linear) -> str:
     """Which kernel :func:`linear` uses for ``layer(x)`` (x: (..., I)): "onednn" or
     "torch"."""
-    if not _enabled or torch.jit.is_tracing() or x.numel() < MIN_ROWS * x.shape[-1]:
+    if not _enabled or torch.jit.is_tracing() or _few_rows(x):
         return "torch"  # the cheap tests first: a batch-1 search asks on every frame
     if (x.dtype != torch.float32 or layer.weight.dtype != torch.float32
             or x.device.type != "cpu" or torch.is_grad_enabled()):
@@ -104,11 +104,16 @@ def decoding_linear(layer: nn.Linear) -> Callable[[Tensor], Tensor]:
     packed = packed_weight(layer)
 
     def apply(x: Tensor) -> Tensor:
-        if x.numel() < MIN_ROWS * x.size(-1):
+        if _few_rows(x):
             return F.linear(x, weight, bias)
         return _onednn_linear(x, packed, bias)
 
     return apply
+
+
+def _few_rows(x: Tensor) -> bool:
+    """True if (..., I) input x has fewer than MIN_ROWS rows (the first, cheap test)."""
+    return x.numel() < MIN_ROWS * x.size(-1)
 
 
 def packed_weight(layer: nn.Linear) -> Tensor:

@@ -96,7 +96,8 @@ class Decoder(nn.Module):
         """
         if not torch.is_grad_enabled():
             cols = self.table_rows(y).t().contiguous()  # (K, N)
-            return self.sum_tables(self.step_tables(), cols)
+            out = self.sum_tables(self.step_tables(), cols)  # (N, D)
+            return out.relu_() if self.context_size > 1 else out
         emb = self._embed(y)  # (N, K, D)
         if self.context_size == 1:
             return emb[:, 0]
@@ -113,21 +114,21 @@ class Decoder(nn.Module):
 
     @staticmethod
     def sum_tables(tables: Sequence[Tensor], cols: Tensor) -> Tensor:
-        """The one-step decoder output from precomputed tables.
+        """The one-step decoder output before its activation, from precomputed tables.
 
         Args:
-          tables: K tables of (V + 1, D): :meth:`step_tables`, or its ``unbind(0)``
-            (a search holds the tuple, which saves a select per position and step).
-          cols: (K, N) int64 table rows (:meth:`table_rows`) of N contexts, position-major
-            (row 0 = the oldest label of each context), each row contiguous.
+          tables: k tables of (V + 1, D): :meth:`step_tables`, its ``unbind(0)`` (a search
+            holds the tuple, which saves a select per position and step), or the first k.
+          cols: (k, N) int64 table rows (:meth:`table_rows`) for the k tables,
+            position-major (row 0 = the oldest label of each context), each row contiguous.
         Returns:
-          (N, D): the sum of the K gathered rows, through ReLU when K > 1.
+          (N, D): the sum of the k gathered rows, added oldest first. The decoder output is
+          its ReLU when K > 1, the sum itself when K = 1.
         """
-        K = len(tables)
         out = tables[0].index_select(0, cols[0])  # (N, D)
-        for k in range(1, K):
+        for k in range(1, len(tables)):
             out = out.add_(tables[k].index_select(0, cols[k]))
-        return out.relu_() if K > 1 else out
+        return out
 
     def step_tables(self) -> Tensor:
         """Per-position contributions of every label to the one-step convolution output.

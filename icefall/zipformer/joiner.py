@@ -39,15 +39,8 @@ class Joiner(nn.Module):
             raise ValueError(f"encoder_out and decoder_out must have the same rank, got "
                              f"{tuple(encoder_out.shape)} and {tuple(decoder_out.shape)}")
         if project_input:
-            logit = self.project_encoder(encoder_out) + self.project_decoder(decoder_out)
+            logit = linear(encoder_out, self.encoder_proj) + linear(decoder_out,
+                                                                    self.decoder_proj)
         else:
             logit = encoder_out + decoder_out
         return linear(torch.tanh(logit), self.output_linear)
-
-    def project_encoder(self, encoder_out: Tensor) -> Tensor:
-        """(..., C) -> (..., J); decoding on CPU may use oneDNN (icefall.zipformer.cpu_linear)."""
-        return linear(encoder_out, self.encoder_proj)
-
-    def project_decoder(self, decoder_out: Tensor) -> Tensor:
-        """(..., D) -> (..., J); decoding on CPU may use oneDNN (icefall.zipformer.cpu_linear)."""
-        return linear(decoder_out, self.decoder_proj)
