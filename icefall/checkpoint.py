@@ -29,14 +29,27 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
+def to_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (in dicts, lists and tuples) copied to the CPU."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
 def save_checkpoint(filename: str | Path, **content: Any) -> None:
     """Saves ``content`` (plain types and tensors only) atomically to ``filename``.
 
     Values that are modules, optimizers, schedulers or samplers are replaced by their
-    ``state_dict()``; None values are kept as None.
+    ``state_dict()``; None values are kept as None. Tensors are saved from CPU copies, so
+    a checkpoint written on a GPU loads on a machine without one (and the reverse).
     """
     filename = Path(filename)
-    data = {k: (v.state_dict() if hasattr(v, "state_dict") else v) for k, v in content.items()}
+    data = to_cpu({k: (v.state_dict() if hasattr(v, "state_dict") else v)
+                   for k, v in content.items()})
     filename.parent.mkdir(parents=True, exist_ok=True)
     tmp = filename.with_name(f".{filename.name}.tmp{os.getpid()}")
     try:
@@ -202,13 +215,19 @@ def _params(data: Mapping[str, Any], path: str | Path) -> Mapping[str, Any]:
 def update_averaged_model(model_avg: nn.Module, model: nn.Module, batch_idx_train: int,
                           average_period: int) -> None:
     """Running average of the model over all batches so far, updated every
-    ``average_period`` batches: avg = avg * (1 - w) + cur * w, w = period / batch."""
+    ``average_period`` batches: avg = avg * (1 - w) + cur * w, w = period / batch.
+
+    ``model_avg`` may live on another device and in another dtype than ``model`` (training
+    keeps a float64 average on the CPU while the model trains on a GPU): each tensor of
+    ``model`` is copied to the average's device and dtype.
+    """
     weight_cur = average_period / batch_idx_train
     cur = model.state_dict()
     with torch.no_grad():
         for k, v in model_avg.state_dict().items():
             if v.is_floating_point():
-                v.mul_(1.0 - weight_cur).add_(cur[k].to(v.dtype), alpha=weight_cur)
+                v.mul_(1.0 - weight_cur).add_(cur[k].to(device=v.device, dtype=v.dtype),
+                                              alpha=weight_cur)
 
 
 _CKPT_RE = re.compile(r"checkpoint-(\d+)\.pt$")

@@ -40,6 +40,11 @@ def setup_dist(rank: int, world_size: int, master_port: int | None = None,
     return torch.device("cpu")
 
 
+def default_device() -> torch.device:
+    """The first GPU when there is one, else the CPU (where rank 0 of a run trains)."""
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def cleanup_dist() -> None:
     """Leaves the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():
@@ -65,12 +70,31 @@ def launch(fn: Callable[[int, int, Any], None], world_size: int, args: Any) -> N
         fn(0, 1, args)
 
 
-def max_param_difference_across_ranks(model: torch.nn.Module) -> float:
-    """Largest |difference| between any parameter on this rank and on any other rank
-    (0.0 without a process group). Every rank must call it."""
+def configure_threads(world_size: int) -> int:
+    """One intra-op thread per rank when several ranks share a machine (as icefall sets),
+    unless the user chose with OMP_NUM_THREADS. Returns the number of threads in use."""
+    if (world_size > 1 or launched_by_torchrun()) and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    logging.info(f"Using {threads} intra-op thread(s) per rank")
+    return threads
+
+
+def parameter_checksums(model: torch.nn.Module) -> torch.Tensor:
+    """(2 * P,) float64: the sum and the sum of squares of each of the P parameters."""
+    sums = [torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+            for p in model.parameters()]
+    return torch.cat(sums) if sums else torch.zeros(0, dtype=torch.float64)
+
+
+def max_checksum_difference_across_ranks(model: torch.nn.Module) -> float:
+    """Largest difference of any parameter checksum (:func:`parameter_checksums`) between
+    ranks: 0.0 when the ranks hold the same model, and without a process group. Every rank
+    must call it; it exchanges 2 numbers per parameter tensor, not the parameters."""
+    local = parameter_checksums(model)
     if get_world_size() == 1:
         return 0.0
-    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
-    gathered = [torch.empty_like(flat) for _ in range(get_world_size())]
-    dist.all_gather(gathered, flat)
-    return max(float((g - flat).abs().max()) for g in gathered)
+    high, low = local.clone(), local.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return float((high - low).max()) if local.numel() else 0.0

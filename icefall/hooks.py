@@ -1,31 +1,51 @@
-"""--inf-check: hooks that report the first module whose output or gradient is not finite."""
+"""--inf-check: hooks that warn, naming the module or parameter, when an output or a
+gradient is not finite.
+
+They warn rather than stop, as icefall's do: with ``--use-fp16 1`` the gradient scaler
+produces infinite gradients on purpose now and then (it then skips the step and lowers the
+scale). Each check reads the device, so the hooks are for debugging, not for speed.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 
-def _check(tensors, where: str) -> None:
-    for i, t in enumerate(tensors if isinstance(tensors, (tuple, list)) else [tensors]):
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
-            raise FloatingPointError(f"{where}: output {i} has non-finite values "
-                                     f"(abs max {t.detach().abs().max().item()})")
+def _tensors(value) -> Iterable[tuple[str, Tensor]]:
+    """(suffix, tensor) for a tensor or the tensors of a (nested) tuple or list."""
+    if isinstance(value, Tensor):
+        yield "", value
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            for suffix, t in _tensors(v):
+                yield f"[{i}]{suffix}", t
 
 
-def register_inf_check_hooks(model: nn.Module) -> list:
-    """Adds forward hooks (outputs) and parameter hooks (gradients) that raise
-    FloatingPointError naming the module or parameter. Returns the hook handles."""
+def _warn_if_not_finite(value, label: str) -> None:
+    for suffix, t in _tensors(value):
+        if t.is_floating_point() and not bool(torch.isfinite(t.detach().float().sum())):
+            logging.warning(f"The sum of {label}{suffix} is not finite")
+
+
+def register_inf_check_hooks(model: nn.Module) -> list[RemovableHandle]:
+    """Adds forward hooks (module outputs), full backward hooks (gradients w.r.t. module
+    outputs) and parameter hooks (gradients of trainable parameters) that log a warning
+    naming what is not finite. Returns the handles (``handle.remove()`` undoes one)."""
     handles = []
     for name, module in model.named_modules():
-        label = name or "model"
+        label = name or "<top-level>"
         handles.append(module.register_forward_hook(
-            lambda _m, _i, out, label=label: _check(out, f"module {label}")))
+            lambda _m, _i, out, label=label: _warn_if_not_finite(out, f"{label}.output")))
+        handles.append(module.register_full_backward_hook(
+            lambda _m, _gi, gout, label=label: _warn_if_not_finite(gout, f"{label}.grad")))
     for name, p in model.named_parameters():
         if p.requires_grad:
             handles.append(p.register_hook(
-                lambda g, name=name: _check(g, f"gradient of {name}")))
+                lambda g, name=name: _warn_if_not_finite(g, f"{name}.param_grad")))
     logging.info(f"Registered {len(handles)} inf-check hooks")
     return handles

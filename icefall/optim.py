@@ -192,6 +192,11 @@ class ScaledAdam(Optimizer):
         scalar_max: absolute limit for one-element parameters.
         size_update_period: period, in steps, of the log-scale update.
         clipping_update_period: period, in steps, of the clipping-threshold update.
+        host_clipping_checks: read each step's clipping factor on the host, as the
+            reference does, to warn at once when it is below 0.1 and name the parameter
+            that dominates the gradient norm. False keeps the factor on the device, so a
+            step never waits for a GPU; heavy clipping is then reported (smallest factor,
+            count) at the next threshold update, every ``clipping_update_period`` steps.
     """
 
     def __init__(
@@ -207,7 +212,9 @@ class ScaledAdam(Optimizer):
         scalar_max: float = 10.0,
         size_update_period: int = 4,
         clipping_update_period: int = 100,
+        host_clipping_checks: bool = True,
     ) -> None:
+        self.host_clipping_checks = host_clipping_checks
         defaults = dict(
             lr=lr,
             clipping_scale=clipping_scale,
@@ -376,7 +383,7 @@ class ScaledAdam(Optimizer):
         Returns:
             A 0-dim tensor.
         """
-        tot = torch.tensor(0.0, device=batches[0].stacked.device)
+        tot = batches[0].stacked.new_zeros(())  # a fill on the device, no host copy
         for b in batches:
             if b.is_scalar:
                 tot += (b.grad**2).sum() * (scalar_lr_scale**2)
@@ -384,7 +391,8 @@ class ScaledAdam(Optimizer):
                 tot += ((b.grad * b.state["param_rms"]) ** 2).sum()
         return tot
 
-    def _get_clipping_scale(self, group: dict, batches: list[_Batch], named: bool) -> float:
+    def _get_clipping_scale(self, group: dict, batches: list[_Batch], named: bool
+                            ) -> float | Tensor:
         """Factor in ``[0, 1]`` by which this step's gradients are scaled.
 
         Records the gradient norm and, every ``clipping_update_period`` steps (and at steps
@@ -397,7 +405,8 @@ class ScaledAdam(Optimizer):
             named: whether the group's parameters have real names (for logging).
 
         Returns:
-            The clipping factor (1.0 when no clipping applies).
+            The clipping factor (1.0 when no clipping applies): a float, or a 0-dim tensor
+            on the device without ``host_clipping_checks``.
         """
         clipping_scale = group["clipping_scale"]
         first = batches[0].state
@@ -417,6 +426,8 @@ class ScaledAdam(Optimizer):
         if "model_norm_threshold" not in first:
             return 1.0
         threshold = first["model_norm_threshold"]
+        if not self.host_clipping_checks:
+            return self._clipping_factor_on_device(first, threshold / (tot_norm + 1.0e-20))
         ratio = (threshold / (tot_norm + 1.0e-20)).item()
         # A NaN norm means a NaN gradient: drop it like an infinite one (ratio 0).
         ans = 0.0 if math.isnan(ratio) else min(1.0, ratio)
@@ -429,6 +440,15 @@ class ScaledAdam(Optimizer):
         if ans == 0.0:
             for b in batches:
                 b.grad.zero_()
+        return ans
+
+    @staticmethod
+    def _clipping_factor_on_device(state: dict, ratio: Tensor) -> Tensor:
+        """min(1, ratio), 0 for a NaN ratio, as a 0-dim device tensor; counts the clipped
+        steps and the smallest factor on the device (read at the threshold update)."""
+        ans = torch.where(torch.isnan(ratio), torch.zeros_like(ratio), ratio.clamp(max=1.0))
+        state["num_clipped_device"] = state.get("num_clipped_device", 0) + (ans < 1.0).int()
+        state["min_clip_factor"] = torch.minimum(state.get("min_clip_factor", ans), ans)
         return ans
 
     @staticmethod
@@ -456,8 +476,13 @@ class ScaledAdam(Optimizer):
         if early:
             threshold = threshold * 2.0
         state["model_norm_threshold"] = threshold
-        percent_clipped = state["num_clipped"] * 100.0 / n if "num_clipped" in state else 0.0
+        num_clipped = state.get("num_clipped", 0) + int(state.pop("num_clipped_device", 0))
+        percent_clipped = num_clipped * 100.0 / n
         state["num_clipped"] = 0
+        smallest = state.pop("min_clip_factor", None)
+        if smallest is not None and float(smallest) < 0.1:
+            logging.warning(f"Scaled gradients by as little as {float(smallest):.3g} since the "
+                            f"last threshold update (step {step})")
         quartile_text = " ".join(f"{q:.3e}" for q in quartiles)
         logging.warning(
             f"Clipping_scale={clipping_scale}, grad-norm quartiles {quartile_text}, "
@@ -497,7 +522,7 @@ class ScaledAdam(Optimizer):
             f"grad_sumsq={(g**2).sum().item():.3e}, orig_rms_sq={(r**2).max().item():.3e}"
         )
 
-    def _step_one_batch(self, group: dict, b: _Batch, clip_factor: float) -> None:
+    def _step_one_batch(self, group: dict, b: _Batch, clip_factor: float | Tensor) -> None:
         """Update one batch of stacked parameters in place.
 
         Args:
@@ -506,7 +531,9 @@ class ScaledAdam(Optimizer):
             clip_factor: gradient-clipping factor from :meth:`_get_clipping_scale`.
         """
         p, grad, state = b.stacked, b.grad, b.state
-        if clip_factor != 1.0:
+        if isinstance(clip_factor, Tensor):  # 0 for a NaN norm: non-finite entries become 0
+            grad.mul_(clip_factor).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        elif clip_factor != 1.0:
             grad *= clip_factor
         step = state["step"]
         period = group["size_update_period"]

@@ -34,12 +34,23 @@ autograd graph per diagonal.
 
 Backend: set ``ICEFALL_RNNT_BACKEND`` to ``torch``, ``k2`` or ``auto`` (the default: ``k2``
 when it can be imported, else ``torch``); see :func:`rnnt_backend`.
+
+Devices: every argument is checked, and values that must be read on the host (the boundary
+rows, which the recursions use to place their start and end cells) are read from a CPU copy.
+``boundary`` may therefore be given on the CPU with the other tensors on a GPU: it is then
+copied to the GPU without waiting for it, and the losses never stall the device. A boundary
+given on the GPU costs one device synchronisation per recursion. Checking the values of
+``symbols`` and ``ranges`` on a GPU also synchronises; a caller that builds them itself (the
+transducer model does) can skip those checks with :func:`trusted_inputs`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -107,10 +118,42 @@ def _k2() -> ModuleType | None:
 
 def _for_k2(boundary: Tensor | None, like: Tensor) -> Tensor | None:
     """A checked boundary as k2 takes it: int64 on the device of ``like``."""
-    return None if boundary is None else boundary.to(device=like.device, dtype=torch.int64)
+    return None if boundary is None else _to_device(boundary.to(torch.int64), like.device)
 
 
 # --------------------------------------------------------------------------- argument checks
+
+_TRUST = threading.local()
+
+
+@contextlib.contextmanager
+def trusted_inputs() -> Iterator[None]:
+    """Within the block, the values of ``symbols`` and ``ranges`` are not checked.
+
+    Shapes and dtypes are still checked, and so are boundary values (read from a CPU copy).
+    For callers that build symbols and ranges themselves: reading their values back from a
+    GPU to check them would wait for the device on every call.
+    """
+    previous = getattr(_TRUST, "on", False)
+    _TRUST.on = True
+    try:
+        yield
+    finally:
+        _TRUST.on = previous
+
+
+def _check_values() -> bool:
+    return not getattr(_TRUST, "on", False)
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; from the CPU the copy does not wait for the device."""
+    return t.to(device, non_blocking=True)
+
+
+def _host(boundary: Tensor) -> Tensor:
+    """A CPU copy of (small) ``boundary``; free when it is already on the CPU."""
+    return boundary if boundary.device.type == "cpu" else boundary.cpu()
 
 
 def _check_reduction(reduction: str | None) -> None:
@@ -134,12 +177,13 @@ def _check_symbols(symbols: Tensor, B: int, S: int, C: int, termination_symbol: 
         raise ValueError(f"symbols must have shape (B, S) = {(B, S)}, got {tuple(symbols.shape)}")
     if not 0 <= int(termination_symbol) < C:
         raise ValueError(f"termination_symbol must be in [0, {C}), got {termination_symbol}")
-    if symbols.numel() and bool(((symbols < 0) | (symbols >= C)).any()):
+    if _check_values() and symbols.numel() and bool(((symbols < 0) | (symbols >= C)).any()):
         raise ValueError(f"symbols must be in [0, {C}) (C = vocabulary size)")
 
 
 def _check_boundary(boundary: Tensor | None, B: int, S: int, T: int) -> Tensor | None:
-    """Validates ``boundary`` (B, 4) rows ``[s_begin, t_begin, s_end, t_end]``; returns int64."""
+    """Validates ``boundary`` (B, 4) rows ``[s_begin, t_begin, s_end, t_end]`` on a CPU copy;
+    returns it as int64 on the device it was given on."""
     if boundary is None:
         return None
     if not isinstance(boundary, Tensor) or boundary.is_floating_point() or boundary.is_complex():
@@ -147,7 +191,7 @@ def _check_boundary(boundary: Tensor | None, B: int, S: int, T: int) -> Tensor |
     if tuple(boundary.shape) != (B, 4):
         raise ValueError(f"boundary must have shape (B, 4) = {(B, 4)}, got {tuple(boundary.shape)}")
     boundary = boundary.to(torch.int64)
-    s_begin, t_begin, s_end, t_end = boundary.cpu().unbind(1)
+    s_begin, t_begin, s_end, t_end = _host(boundary).unbind(1)
     if bool((s_begin < 0).any() | (s_begin > s_end).any() | (s_end > S).any()):
         raise ValueError(f"boundary rows need 0 <= s_begin <= s_end <= S = {S}")
     if bool((t_begin < 0).any() | (t_begin > t_end).any() | (t_end > T).any()):
@@ -163,7 +207,7 @@ def _check_ranges(ranges: Tensor, B: int, T: int, S: int, s_range: int | None = 
         raise ValueError(f"ranges must have shape {want}, got {tuple(ranges.shape)}")
     if ranges.shape[2] > S + 1:
         raise ValueError(f"ranges keeps {ranges.shape[2]} positions per frame, more than S+1")
-    if ranges.numel() and bool(((ranges < 0) | (ranges > S)).any()):
+    if _check_values() and ranges.numel() and bool(((ranges < 0) | (ranges > S)).any()):
         raise ValueError(f"ranges values must be symbol positions in [0, S = {S}]")
 
 
@@ -236,12 +280,13 @@ def _pair_windows(lattice: Tensor) -> Tensor:
     return lattice.as_strided((B, D1, 2, W - 1), (sb, sd, 1, 1))
 
 
-def _alpha(steps: Tensor, start: Tensor) -> Tensor:
+def _alpha(steps: Tensor, start: Tensor, last_start: int) -> Tensor:
     """Forward (alpha) recursion, one anti-diagonal per step.
 
     Args:
       steps: (B, D, 2, S + 1) from ``_skewed_steps(px, py, for_beta=False)``.
       start: (B, 2) int64 ``[s_begin, t_begin]``.
+      last_start: ``max(s_begin + t_begin)`` over the batch (read on the host).
     Returns:
       (B, D + 1, S + 2) ``alpha[b, s + t, s + 1] = p[b, s, t]``; column 0 and cells off the
       lattice hold ``-inf``.
@@ -250,7 +295,6 @@ def _alpha(steps: Tensor, start: Tensor) -> Tensor:
     alpha = steps.new_full((B, D + 1, S1 + 1), _NEG_INF)
     windows = _pair_windows(alpha)  # windows[:, d, 0, s] = p[s - 1], windows[:, d, 1, s] = p[s]
     start_mask = _diagonal_masks(start[:, 0], start[:, 1], D + 1, S1)
-    last_start = int((start[:, 0] + start[:, 1]).max()) if B else 0
     alpha[:, 0, 1:].masked_fill_(start_mask[:, 0], 0.0)
     for d in range(1, D + 1):
         both = windows[:, d - 1] + steps[:, d - 1]  # (B, 2, S + 1)
@@ -260,12 +304,13 @@ def _alpha(steps: Tensor, start: Tensor) -> Tensor:
     return alpha
 
 
-def _beta(steps: Tensor, end: Tensor) -> Tensor:
+def _beta(steps: Tensor, end: Tensor, end_diagonals: frozenset[int]) -> Tensor:
     """Backward (beta) recursion: log-sum of path scores from each cell to the end cell.
 
     Args:
       steps: (B, D, 2, S + 1) from ``_skewed_steps(px, py, for_beta=True)``.
       end: (B, 2) int64 ``[s_end, t_end]``.
+      end_diagonals: the values of ``s_end + t_end`` in the batch (read on the host).
     Returns:
       (B, D + 1, S + 2) ``beta[b, s + t, s]`` for cell (s, t); the last column and cells that
       cannot reach the end cell hold ``-inf``.
@@ -274,7 +319,6 @@ def _beta(steps: Tensor, end: Tensor) -> Tensor:
     beta = steps.new_full((B, D + 1, S1 + 1), _NEG_INF)
     windows = _pair_windows(beta)  # windows[:, d, 0, s] = beta[s], windows[:, d, 1, s] = beta[s+1]
     end_mask = _diagonal_masks(end[:, 0], end[:, 1], D + 1, S1)
-    end_diagonals = set((end[:, 0] + end[:, 1]).tolist())
     for d in range(D, -1, -1):
         if d < D:
             both = windows[:, d + 1] + steps[:, d]  # (B, 2, S + 1)
@@ -285,18 +329,19 @@ def _beta(steps: Tensor, end: Tensor) -> Tensor:
 
 
 def _occupation(px: Tensor, py: Tensor, steps: Tensor, alpha: Tensor, total: Tensor,
-                end: Tensor) -> tuple[Tensor, Tensor]:
+                end: Tensor, end_diagonals: frozenset[int]) -> tuple[Tensor, Tensor]:
     """d total / d px and d total / d py (occupation probabilities) from alpha and beta.
 
     Args:
       px (B, S, T + 1), py (B, S + 1, T): the recursion inputs; steps, alpha: from
-      :func:`_alpha`; total: (B,) log-likelihoods; end: (B, 2) ``[s_end, t_end]``.
+      :func:`_alpha`; total: (B,) log-likelihoods; end: (B, 2) ``[s_end, t_end]``;
+      end_diagonals: as :func:`_beta` takes them.
     Returns:
       px_grad (B, S, T + 1) and py_grad (B, S + 1, T); zero for utterances whose total is
       ``-inf`` (no complete path).
     """
     _, S, T1 = px.shape
-    beta = _beta(_skewed_steps(px, py, for_beta=True), end)
+    beta = _beta(_skewed_steps(px, py, for_beta=True), end, end_diagonals)
     norm = total.reshape(-1, 1, 1)  # (B, 1, 1)
     dead = torch.isneginf(norm)
     grads = []
@@ -318,15 +363,20 @@ class _MutualInformation(torch.autograd.Function):
     """Scores of the lattice recursion; backward runs the beta recursion."""
 
     @staticmethod
-    def forward(ctx, px: Tensor, py: Tensor, boundary: Tensor, return_grad: bool):
+    def forward(ctx, px: Tensor, py: Tensor, boundary: Tensor, return_grad: bool,
+                diagonals: tuple[int, frozenset[int]]):
+        """boundary: (B, 4) on px's device; diagonals: (last start, end diagonals)."""
+        last_start, end_diagonals = diagonals
         steps = _skewed_steps(px, py, for_beta=False)  # (B, S + T, 2, S + 1)
-        alpha = _alpha(steps, boundary[:, :2])
+        alpha = _alpha(steps, boundary[:, :2], last_start)
         B = px.shape[0]
         s_end, t_end = boundary[:, 2], boundary[:, 3]
         total = alpha[torch.arange(B, device=px.device), s_end + t_end, s_end + 1]  # (B,)
         ctx.have_grads = bool(return_grad)
+        ctx.end_diagonals = end_diagonals
         if return_grad:
-            px_grad, py_grad = _occupation(px, py, steps, alpha, total, boundary[:, 2:])
+            px_grad, py_grad = _occupation(px, py, steps, alpha, total, boundary[:, 2:],
+                                           end_diagonals)
             ctx.save_for_backward(px_grad, py_grad)
         else:
             px_grad, py_grad = px.new_empty(0), py.new_empty(0)
@@ -341,9 +391,18 @@ class _MutualInformation(torch.autograd.Function):
             px_grad, py_grad = ctx.saved_tensors
         else:
             px, py, steps, alpha, total, boundary = ctx.saved_tensors
-            px_grad, py_grad = _occupation(px, py, steps, alpha, total, boundary[:, 2:])
+            px_grad, py_grad = _occupation(px, py, steps, alpha, total, boundary[:, 2:],
+                                           ctx.end_diagonals)
         scale = total_grad.reshape(-1, 1, 1)  # (B, 1, 1)
-        return px_grad * scale, py_grad * scale, None, None
+        return px_grad * scale, py_grad * scale, None, None, None
+
+
+def _start_and_end_diagonals(host_boundary: Tensor) -> tuple[int, frozenset[int]]:
+    """(max of s_begin + t_begin, set of s_end + t_end) of a CPU (B, 4) boundary."""
+    if host_boundary.shape[0] == 0:
+        return 0, frozenset()
+    diagonal = host_boundary[:, 0::2] + host_boundary[:, 1::2]  # (B, 2): start, end
+    return int(diagonal[:, 0].max()), frozenset(diagonal[:, 1].tolist())
 
 
 def mutual_information_recursion(
@@ -372,8 +431,10 @@ def mutual_information_recursion(
     boundary = _check_boundary(boundary, B, S, T1 - 1)
     if boundary is None:
         boundary = torch.tensor([[0, 0, S, T1 - 1]], dtype=torch.int64).expand(B, 4)
-    boundary = boundary.to(px.device).contiguous()
-    scores, px_grad, py_grad = _MutualInformation.apply(px, py, boundary, bool(return_grad))
+    diagonals = _start_and_end_diagonals(_host(boundary))
+    boundary = _to_device(boundary, px.device).contiguous()
+    scores, px_grad, py_grad = _MutualInformation.apply(px, py, boundary, bool(return_grad),
+                                                        diagonals)
     return (scores, (px_grad, py_grad)) if return_grad else scores
 
 
@@ -386,7 +447,7 @@ def _fix_for_boundary(px: Tensor, boundary: Tensor | None) -> Tensor:
         return px
     B, _, T1 = px.shape
     frames = torch.arange(T1, device=px.device).reshape(1, 1, T1)
-    after_last = frames == boundary[:, 3].to(px.device).reshape(B, 1, 1)  # (B, 1, T + 1)
+    after_last = frames == _to_device(boundary[:, 3], px.device).reshape(B, 1, 1)  # (B, 1, T+1)
     return px.masked_fill(after_last, _NEG_INF)
 
 
@@ -758,7 +819,7 @@ def _check_prune_args(px_grad: Tensor, py_grad: Tensor, boundary: Tensor, s_rang
     boundary = _check_boundary(boundary, B, S, T)
     if boundary is None:
         raise ValueError("boundary (B, 4) is required by get_rnnt_prune_ranges")
-    return B, S, T, boundary.to(px_grad.device)
+    return B, S, T, _to_device(boundary, px_grad.device)
 
 
 def get_rnnt_prune_ranges(px_grad: Tensor, py_grad: Tensor, boundary: Tensor,

@@ -31,6 +31,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: N817 (PyTorch idiom)
 
+from icefall.amp import (
+    GradScaleGuard,
+    GradScaleTooSmallError,
+    Precision,
+    check_precision_flags,
+    choose_precision,
+    make_grad_scaler,
+)
 from icefall.checkpoint import (
     CheckpointError,
     check_state_dict_fits,
@@ -41,11 +49,13 @@ from icefall.checkpoint import (
     update_averaged_model,
 )
 from icefall.data import AsrDataModule, encode, filter_cuts, load_bpe_model, load_cuts
-from icefall.data.manifests import check_manifest
+from icefall.data.manifests import check_manifest, count_cuts
 from icefall.dist import (
     cleanup_dist,
+    configure_threads,
+    default_device,
     launch,
-    max_param_difference_across_ranks,
+    max_checksum_difference_across_ranks,
     setup_dist,
 )
 from icefall.finetune import (
@@ -65,7 +75,13 @@ from icefall.zipformer import (
     model_config,
     set_adapter_training,
 )
-from icefall.zipformer.scaling import Whiten, set_batch_count
+from icefall.zipformer.scaling import (
+    BatchCounter,
+    HostFeedback,
+    Whiten,
+    give_host_feedback,
+    take_host_feedback,
+)
 
 
 @dataclass(frozen=True)
@@ -141,7 +157,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> N
     a("--average-period", type=int, default=200,
       help="Update the running model average (model_avg) every this many batches.")
     a("--use-fp16", type=str2bool, default=False,
-      help="Mixed precision (float16 autocast with a grad scaler); CUDA only.")
+      help="Mixed precision: float16 autocast with icefall's grad-scale management; CUDA "
+           "only (float32 on a CPU).")
+    a("--use-bf16", type=str2bool, default=False,
+      help="Mixed precision: bfloat16 autocast, no grad scaler (A100/H100/H200, and CPUs).")
     a("--log-interval", type=int, default=50, help="Log progress every this many batches.")
     a("--reset-interval", type=int, default=200, help="Decay time (batches) of tot_loss.")
     a("--valid-interval", type=int, default=3000,
@@ -185,8 +204,8 @@ def get_params() -> AttributeDict:
     """Training state that is not a flag; saved in every checkpoint."""
     return AttributeDict(best_train_loss=float("inf"), best_valid_loss=float("inf"),
                          best_train_epoch=-1, best_valid_epoch=-1, batch_idx_train=0,
-                         cur_epoch=0, num_bad_batches=0, feature_dim=80,
-                         subsampling_factor=4)
+                         cur_epoch=0, num_bad_batches=0, num_overflow_batches=0,
+                         feature_dim=80, subsampling_factor=4)
 
 
 def plain_params(params: AttributeDict) -> dict[str, Any]:
@@ -214,26 +233,37 @@ def fix_random_seed(seed: int) -> None:
 
 
 def get_rng_state() -> dict[str, Any]:
-    """Every generator's state as plain types and tensors."""
+    """Every generator's state as plain types and CPU tensors.
+
+    Of CUDA, only the current device's generator is saved: every rank seeds its own device
+    identically (:func:`fix_random_seed`), so one state restores any number of GPUs.
+    """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(np.asarray(keys).copy()), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores what :func:`get_rng_state` saved."""
+    """Restores what :func:`get_rng_state` saved, on this rank's current CUDA device.
+
+    A state saved on a machine with GPUs restores on one without (CUDA's part is then
+    unused), and older checkpoints holding one state per GPU restore the first.
+    """
     random.setstate(_as_tuples(state["python"]))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, (list, tuple)):
+            cuda = cuda[0]
+        torch.cuda.set_rng_state(cuda)
 
 
 def _as_tuples(x: Any) -> Any:
@@ -301,7 +331,8 @@ def make_optimizer(model: nn.Module, params: AttributeDict) -> tuple[ScaledAdam,
         if adapters:
             groups.append({"named_params": adapters, "lr": g["lr"],
                            "param_min_rms": params.adapter_min_rms})
-    optimizer = ScaledAdam(groups, lr=params.base_lr, clipping_scale=2.0)
+    optimizer = ScaledAdam(groups, lr=params.base_lr, clipping_scale=2.0,
+                           host_clipping_checks=False)  # no device read per step
     scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs,
                      warmup_batches=params.lr_warmup_batches)
     return optimizer, scheduler
@@ -335,7 +366,8 @@ def load_resume_checkpoint(params: AttributeDict, model: nn.Module,
 def save_training_checkpoint(filename: Path, params: AttributeDict, model: nn.Module,
                              model_avg: nn.Module | None, optimizer, scheduler, scaler,
                              sampler) -> None:
-    """Writes everything needed to resume exactly (plain types, atomically)."""
+    """Writes everything needed to resume exactly (plain types and CPU tensors, so that
+    the file loads on any device; atomically)."""
     avg = None if model_avg is None else {k: v.float() for k, v in
                                          model_avg.state_dict().items()}
     save_checkpoint(filename, model=unwrap(model).state_dict(), model_avg=avg,
@@ -361,37 +393,62 @@ def loss_weights(params: AttributeDict) -> tuple[float, float]:
     return 1.0 - (b / warm) * (1.0 - s), 0.1 + 0.9 * (b / warm)
 
 
-def compute_loss(params: AttributeDict, model: nn.Module, sp, batch: dict,
-                 is_training: bool) -> tuple[Tensor, MetricsTracker]:
-    """The weighted training loss (summed over the batch) and its MetricsTracker.
+@dataclass
+class LossTerms:
+    """One batch's losses: the weighted loss to differentiate and its parts, all summed over
+    the batch and left on the device, plus counts taken on the host."""
+
+    loss: Tensor  # 0-dim, the weighted sum
+    parts: dict[str, Tensor]  # detached 0-dim: loss, simple_loss, pruned_loss, ctc_loss
+    frames: float  # encoder frames (N * T'' without padding), from the CPU lengths
+    utterances: float
+
+    def tracker(self, values: list[float]) -> MetricsTracker:
+        """The MetricsTracker once ``values`` (of ``parts``, in order) were read."""
+        info = MetricsTracker()
+        info["frames"], info["utterances"] = self.frames, self.utterances
+        info.update(zip(self.parts, values))
+        return info
+
+
+def loss_terms(params: AttributeDict, model: nn.Module, sp, batch: dict,
+               is_training: bool) -> LossTerms:
+    """The weighted training loss of a batch, without reading anything from the device.
 
     Args:
       batch: a lhotse K2SpeechRecognitionDataset batch: ``inputs`` (N, T, 80),
-        ``supervisions`` with ``text`` and ``num_frames`` (N,).
+        ``supervisions`` with ``text`` and ``num_frames`` (N,). The features are copied
+        to the model's device without waiting; the lengths stay on the CPU (the model
+        moves what it needs).
     """
     device = next(unwrap(model).parameters()).device
-    feature = batch["inputs"].to(device)
-    feature_lens = batch["supervisions"]["num_frames"].to(device)
+    feature = batch["inputs"].to(device, non_blocking=True)
+    feature_lens = batch["supervisions"]["num_frames"].cpu()
     y = encode(sp, batch["supervisions"]["text"])
     with torch.set_grad_enabled(is_training):
         simple, pruned, ctc = model(feature, feature_lens, y, prune_range=params.prune_range,
                                     am_scale=params.am_scale, lm_scale=params.lm_scale)
-        loss = torch.zeros((), device=device)
+        loss = simple.new_zeros(())
         if params.use_transducer:
             w_simple, w_pruned = loss_weights(params)
             loss = loss + w_simple * simple + w_pruned * pruned
         if params.use_ctc:
             loss = loss + params.ctc_loss_scale * ctc
-    info = MetricsTracker()
-    info["frames"] = float((feature_lens // params.subsampling_factor).sum())
-    info["utterances"] = float(feature.shape[0])
-    info["loss"] = float(loss.detach())
+    parts = {"loss": loss.detach()}
     if params.use_transducer:
-        info["simple_loss"] = float(simple.detach())
-        info["pruned_loss"] = float(pruned.detach())
+        parts.update(simple_loss=simple.detach(), pruned_loss=pruned.detach())
     if params.use_ctc:
-        info["ctc_loss"] = float(ctc.detach())
-    return loss, info
+        parts["ctc_loss"] = ctc.detach()
+    frames = float((feature_lens // params.subsampling_factor).sum())
+    return LossTerms(loss, parts, frames, float(feature.shape[0]))
+
+
+def compute_loss(params: AttributeDict, model: nn.Module, sp, batch: dict,
+                 is_training: bool) -> tuple[Tensor, MetricsTracker]:
+    """The weighted loss (summed over the batch) and its MetricsTracker (one device read)."""
+    terms = loss_terms(params, model, sp, batch, is_training)
+    values = torch.stack(list(terms.parts.values())).float().tolist()
+    return terms.loss, terms.tracker(values)
 
 
 def compute_validation_loss(params: AttributeDict, model: nn.Module, sp, valid_dl,
@@ -436,48 +493,103 @@ def set_train_mode(model: nn.Module, params: AttributeDict) -> None:
 
 @dataclass
 class TrainState:
-    """What train_one_epoch needs besides params and data."""
+    """What train_one_epoch needs besides params and data.
+
+    ``batch_counter``, ``feedback`` and ``trainable`` are found once, so that a step never
+    walks the model's modules.
+    """
 
     model: nn.Module
     model_avg: nn.Module | None
     optimizer: ScaledAdam
     scheduler: Eden
     scaler: torch.amp.GradScaler
+    precision: Precision
     sp: Any
     tb_writer: Any
     rank: int
     world_size: int
     device: torch.device
+    batch_counter: BatchCounter
+    feedback: list[HostFeedback]
+    trainable: list[Tensor]
+    guard: GradScaleGuard | None = None
 
 
-def _all_finite(loss: Tensor, world_size: int) -> bool:
-    """True when the loss is finite on every rank (all ranks agree to skip or not)."""
-    ok = torch.tensor([float(torch.isfinite(loss).all())], device=loss.device)
-    if world_size > 1:
-        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-    return bool(ok.item() == 1.0)
+def _step_flags(loss: Tensor, trainable: list[Tensor], world_size: int) -> Tensor:
+    """(2,) float on the device: [loss not finite, gradients not finite], maximum over ranks.
+
+    Gradients are checked through their total norm (one foreach kernel), which is not
+    finite exactly when some gradient is not (or overflows, which is as bad).
+    """
+    grads = [p.grad for p in trainable if p.grad is not None]
+    norm = torch.stack(torch._foreach_norm(grads)).sum() if grads else loss.new_zeros(())
+    flags = torch.stack([~torch.isfinite(loss), ~torch.isfinite(norm)]).float()
+    if world_size > 1:  # asynchronous on GPUs: read with the step's one read
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return flags
+
+
+def _skip_step(params: AttributeDict, st: TrainState, bad_loss: bool) -> None:
+    """Counts a skipped step; with fp16 the scaler lowers its scale (no warning: that is
+    how the scaler finds its range)."""
+    st.optimizer.zero_grad(set_to_none=True)
+    st.scaler.update()
+    if st.scaler.is_enabled() and not bad_loss:
+        params.num_overflow_batches += 1
+        return
+    params.num_bad_batches += 1
+    what = "loss" if bad_loss else "gradients"
+    logging.warning(f"Non-finite {what} at batch {params.batch_idx_train}; skipping it "
+                    f"({params.num_bad_batches} skipped so far)")
 
 
 def train_step(params: AttributeDict, st: TrainState, batch: dict) -> MetricsTracker | None:
-    """One optimisation step; None when the loss was not finite and the batch skipped."""
-    set_batch_count(unwrap(st.model), adjusted_batch_count(params))
-    with torch.autocast(st.device.type, dtype=torch.float16,
-                        enabled=params.use_fp16 and st.device.type == "cuda"):
-        loss, info = compute_loss(params, st.model, st.sp, batch, is_training=True)
-    if not _all_finite(loss, params.world_size):
-        params.num_bad_batches += 1
-        logging.warning(f"Non-finite loss at batch {params.batch_idx_train}; skipping it "
-                        f"({params.num_bad_batches} skipped so far)")
-        if params.world_size > 1:  # keep DDP's collective calls in step across ranks
-            (torch.nan_to_num(loss) * 0.0).backward()
-        st.optimizer.zero_grad(set_to_none=True)
+    """One optimisation step; None when it was skipped (loss or gradients not finite on
+    some rank: every rank skips it together, so no rank's model ever takes a non-finite
+    update).
+
+    The device is read once: the losses for the log, the two finiteness flags and the
+    model's pending values (:class:`HostFeedback`) in one copy.
+    """
+    st.batch_counter.set(adjusted_batch_count(params))
+    with st.precision.autocast():
+        terms = loss_terms(params, st.model, st.sp, batch, is_training=True)
+    st.scaler.scale(terms.loss).backward()
+    st.scaler.unscale_(st.optimizer)
+    flags = _step_flags(terms.loss, st.trainable, st.world_size)
+    modules, pending = take_host_feedback(st.feedback)
+    parts = list(terms.parts.values())
+    values = torch.cat([torch.stack(parts).float(), flags,
+                        *(v.float().reshape(1) for v in pending)]).tolist()  # the read
+    give_host_feedback(modules, values[len(parts) + 2:])
+    bad_loss, bad_grads = values[len(parts)] > 0, values[len(parts) + 1] > 0
+    if bad_loss or bad_grads:
+        _skip_step(params, st, bad_loss)
         return None
-    st.scaler.scale(loss).backward()
     st.scheduler.step_batch(params.batch_idx_train)
-    st.scaler.step(st.optimizer)
+    st.optimizer.step()
     st.scaler.update()
     st.optimizer.zero_grad(set_to_none=True)
-    return info
+    return terms.tracker(values[: len(parts)])
+
+
+def _log_progress(params: AttributeDict, st: TrainState, batch_idx: int,
+                  info: MetricsTracker, tot: MetricsTracker, speed: float) -> None:
+    """icefall's progress line, and the same figures to TensorBoard."""
+    b = params.batch_idx_train
+    lr = st.scheduler.get_last_lr()[0]
+    scale = st.scaler.get_scale() if st.scaler.is_enabled() else None
+    logging.info(f"Epoch {params.cur_epoch}, batch {batch_idx}, loss[{info}], "
+                 f"tot_loss[{tot}], batch size: {int(info['utterances'])}, "
+                 f"lr: {lr:.2e}, utt/s: {speed:.1f}"
+                 + (f", grad_scale: {scale}" if scale is not None else ""))
+    if st.tb_writer is not None:
+        st.tb_writer.add_scalar("train/learning_rate", lr, b)
+        info.write_summary(st.tb_writer, "train/current_", b)
+        tot.write_summary(st.tb_writer, "train/tot_", b)
+        if scale is not None:
+            st.tb_writer.add_scalar("train/grad_scale", scale, b)
 
 
 def _periodic(params: AttributeDict, st: TrainState, train_dl, batch_idx: int,
@@ -492,15 +604,7 @@ def _periodic(params: AttributeDict, st: TrainState, train_dl, batch_idx: int,
                                  st.scaler, train_dl.sampler)
         remove_checkpoints(params.exp_dir, params.keep_last_k)
     if batch_idx % params.log_interval == 0:
-        lr = st.scheduler.get_last_lr()[0]
-        scale = f", grad_scale: {st.scaler.get_scale():.1f}" if st.scaler.is_enabled() else ""
-        logging.info(f"Epoch {params.cur_epoch}, batch {batch_idx}, loss[{info}], "
-                     f"tot_loss[{tot}], batch size: {int(info['utterances'])}, "
-                     f"lr: {lr:.2e}, utt/s: {speed:.1f}{scale}")
-        if st.tb_writer is not None:
-            st.tb_writer.add_scalar("train/learning_rate", lr, b)
-            info.write_summary(st.tb_writer, "train/current_", b)
-            tot.write_summary(st.tb_writer, "train/tot_", b)
+        _log_progress(params, st, batch_idx, info, tot, speed)
 
 
 def validate(params: AttributeDict, st: TrainState, valid_dl) -> None:
@@ -535,6 +639,8 @@ def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl,
     for batch_idx, batch in enumerate(batches):
         params.batch_idx_train += 1
         info = train_step(params, st, batch)
+        if st.guard is not None:  # after every batch, skipped ones too (as icefall)
+            st.guard.after_step(batch_idx)
         if info is None:
             continue
         utts += info["utterances"]
@@ -602,8 +708,10 @@ def make_dataloaders(params: AttributeDict, sp, sampler_state: dict | None):
         dm.valid_dataloaders(valid_cuts)
 
 
-def _make_state(params: AttributeDict, rank: int, world_size: int, device: torch.device,
-                sp) -> tuple[TrainState, dict[str, Any] | None]:
+def _make_model(params: AttributeDict, rank: int, world_size: int, device: torch.device
+                ) -> tuple[nn.Module, nn.Module | None, dict[str, Any] | None]:
+    """(model on device, DDP-wrapped with several ranks; float64 average on the CPU on rank
+    0; the resume checkpoint)."""
     model = build_model(params)
     model_avg = copy.deepcopy(model).to(torch.float64) if rank == 0 else None
     checkpoint = load_resume_checkpoint(params, model, model_avg)
@@ -611,24 +719,81 @@ def _make_state(params: AttributeDict, rank: int, world_size: int, device: torch
         register_inf_check_hooks(model)
     model.to(device)
     if world_size > 1:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=True)
+        # device_ids=None: DDP leaves the inputs where they are, so the lengths that the
+        # model reads on the host stay on the CPU (the features are moved by loss_terms).
+        model = DDP(model, device_ids=None, find_unused_parameters=True)
+    return model, model_avg, checkpoint
+
+
+def _make_state(params: AttributeDict, rank: int, world_size: int, device: torch.device,
+                sp) -> tuple[TrainState, dict[str, Any] | None]:
+    model, model_avg, checkpoint = _make_model(params, rank, world_size, device)
+    precision = choose_precision(params.use_fp16, params.use_bf16, device)
+    logging.info(f"Training in {precision.describe()}")
     optimizer, scheduler = make_optimizer(model, params)
-    scaler = torch.amp.GradScaler(device.type, enabled=params.use_fp16 and
-                                  device.type == "cuda")
+    scaler = make_grad_scaler(precision)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint.get("grad_scaler"):
+        if checkpoint.get("grad_scaler") and scaler.is_enabled():
             scaler.load_state_dict(checkpoint["grad_scaler"])
     tb_writer = None
     if params.tensorboard and rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         tb_writer = SummaryWriter(log_dir=str(Path(params.exp_dir) / "tensorboard"))
-    st = TrainState(model, model_avg, optimizer, scheduler, scaler, sp, tb_writer, rank,
-                    world_size, device)
+    base = unwrap(model)
+    st = TrainState(model, model_avg, optimizer, scheduler, scaler, precision, sp, tb_writer,
+                    rank, world_size, device, BatchCounter(base),
+                    [m for m in base.modules() if isinstance(m, HostFeedback)],
+                    [p for p in base.parameters() if p.requires_grad])
+    if scaler.is_enabled():
+        st.guard = GradScaleGuard(scaler, lambda suffix: save_bad_model(params, st, suffix))
     return st, checkpoint
+
+
+def save_bad_model(params: AttributeDict, st: TrainState, suffix: str) -> None:
+    """exp-dir/bad-model<suffix>-<rank>.pt, every rank its own (icefall's names)."""
+    save_training_checkpoint(Path(params.exp_dir) / f"bad-model{suffix}-{st.rank}.pt", params,
+                             st.model, None, st.optimizer, st.scheduler, st.scaler, None)
+
+
+class BatchOutOfMemoryError(RuntimeError):
+    """The GPU ran out of memory on one of the most demanding batches of the epoch."""
+
+
+def scan_pessimistic_batches(params: AttributeDict, st: TrainState, train_dl) -> None:
+    """icefall's scan_pessimistic_batches_for_oom: forward and backward on the most
+    demanding batches of an epoch (longest cut, largest total duration, most cuts, ...),
+    so that a --max-duration too large for the GPU fails at once with advice, not hours
+    later. Leaves the model, the optimizer and the sampler as they were.
+
+    Raises:
+      BatchOutOfMemoryError: naming the criterion and --max-duration.
+    """
+    from lhotse.dataset import find_pessimistic_batches
+
+    logging.info("Sanity check: do the most demanding batches of an epoch fit in memory?")
+    batches, values = find_pessimistic_batches(copy.deepcopy(train_dl.sampler))
+    saved = whiten_state(unwrap(st.model))
+    set_train_mode(st.model, params)
+    for criterion, cuts in batches.items():
+        try:
+            with st.precision.autocast():
+                terms = loss_terms(params, st.model, st.sp, train_dl.dataset[cuts], True)
+            st.scaler.scale(terms.loss).backward()
+        except torch.cuda.OutOfMemoryError as e:
+            raise BatchOutOfMemoryError(
+                f"out of GPU memory on the batch with the largest {criterion} "
+                f"(= {values[criterion]:.4g}); lower --max-duration (now "
+                f"{params.max_duration}) and try again") from e
+        finally:
+            st.optimizer.zero_grad(set_to_none=True)
+    take_host_feedback(st.feedback)
+    set_whiten_state(unwrap(st.model), saved)
+    if st.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(st.device) // 1_000_000
+        logging.info(f"Maximum memory allocated so far is {peak}MB")
 
 
 def train(params: AttributeDict, rank: int, world_size: int, device: torch.device) -> None:
@@ -636,12 +801,12 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
     fix_random_seed(params.seed)
     sp = load_bpe_model(params.bpe_model)
     params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
-    if params.use_fp16 and device.type != "cuda":
-        logging.warning("--use-fp16 1 needs CUDA; training in float32 on the CPU")
     st, checkpoint = _make_state(params, rank, world_size, device, sp)
     resume_mid_epoch = params.start_batch > 0 and checkpoint is not None
     sampler_state = checkpoint.get("sampler") if resume_mid_epoch else None
     train_dl, valid_dl = make_dataloaders(params, sp, sampler_state)
+    if device.type == "cuda":
+        scan_pessimistic_batches(params, st, train_dl)
     for epoch in range(params.start_epoch, params.num_epochs + 1):
         st.scheduler.step_epoch(epoch - 1)
         fix_random_seed(params.seed + epoch - 1)
@@ -652,10 +817,13 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
         resume = resume_mid_epoch and epoch == params.start_epoch
         train_one_epoch(params, st, train_dl, valid_dl, checkpoint["rng"] if resume else None)
         save_epoch_checkpoint(params, st, train_dl.sampler)
-    diff = max_param_difference_across_ranks(st.model)
+    spread = max_checksum_difference_across_ranks(unwrap(st.model))
     if world_size > 1:
-        logging.info(f"Max parameter difference across {world_size} ranks: {diff:.3g}")
-    logging.info(f"Done. {params.num_bad_batches} batches skipped for non-finite loss.")
+        logging.info(f"Max parameter checksum difference across {world_size} ranks: "
+                     f"{spread:.3g}")
+    logging.info(f"Done. {params.num_bad_batches} batches skipped for non-finite loss or "
+                 f"gradients" + (f", {params.num_overflow_batches} for fp16 overflow"
+                                 if st.scaler.is_enabled() else "") + ".")
 
 
 def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
@@ -664,6 +832,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     params.update(vars(args))
     params.world_size = world_size
     setup_logger(Path(params.exp_dir) / "log" / "log-train", rank=rank)
+    configure_threads(world_size)
     device = setup_dist(rank, world_size, params.master_port)
     try:
         train(params, rank, world_size, device)
@@ -671,9 +840,22 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         cleanup_dist()
 
 
+def set_mux_weights(args: argparse.Namespace) -> None:
+    """With --use-mux and no --mux-weights: the cut counts of both manifests, counted once
+    here (not on every rank), as icefall's weights are (every cut equally likely)."""
+    if not args.use_mux or args.mux_weights:
+        return
+    params = AttributeDict(vars(args))
+    new = count_cuts(_manifest_paths(params, args.train_cuts))
+    orig = count_cuts(_manifest_paths(params, args.mux_cuts))
+    args.mux_weights = f"{new},{orig}"
+    logging.info(f"--mux-weights {args.mux_weights} (the manifests' cut counts)")
+
+
 def preflight(args: argparse.Namespace) -> None:
     """Checks the user's files before any process starts, so that a bad path or a
     checkpoint that does not fit the flags is one clear error, not a traceback."""
+    check_precision_flags(args.use_fp16, args.use_bf16, default_device())
     load_bpe_model(args.bpe_model)
     params = AttributeDict(get_params(), **vars(args))
     for names in (args.train_cuts, args.valid_cuts) + ((args.mux_cuts,) if args.use_mux else ()):
@@ -706,9 +888,10 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> None:
     Path(args.exp_dir).mkdir(parents=True, exist_ok=True)
     try:
         preflight(args)
+        set_mux_weights(args)
     except (ValueError, OSError, CheckpointError) as e:
         _exit_with_error(e)
     try:
         launch(run, args.world_size, args)
-    except TrainingDataError as e:  # the one user error found after training started
-        _exit_with_error(e)
+    except (TrainingDataError, GradScaleTooSmallError, BatchOutOfMemoryError) as e:
+        _exit_with_error(e)  # user errors found once training has started

@@ -73,13 +73,15 @@ def make_pad_mask(lengths: torch.Tensor, max_len: int = 0) -> torch.Tensor:
 
     Args:
       lengths: (N,) number of valid frames per sequence.
-      max_len: width of the mask; at least ``lengths.max()``.
+      max_len: width of the mask, at least ``lengths.max()``; 0 reads ``lengths.max()``
+        (which waits for the device when lengths is on a GPU).
     Returns:
       (N, T) bool, True at padded positions (t >= lengths[n]).
     """
     if lengths.ndim != 1:
         raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
-    max_len = max(max_len, int(lengths.max()) if lengths.numel() > 0 else 0)
+    if max_len <= 0:
+        max_len = int(lengths.max()) if lengths.numel() > 0 else 0
     t = torch.arange(max_len, device=lengths.device)
     return t.unsqueeze(0) >= lengths.unsqueeze(1)
 

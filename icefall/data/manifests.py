@@ -63,6 +63,20 @@ def check_manifest(path: str | Path) -> Path:
     return path
 
 
+def count_cuts(paths: list[Path]) -> int:
+    """Number of cuts in JSONL manifests (one per non-empty line), read without parsing
+    them."""
+    total = 0
+    for path in paths:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        try:
+            with opener(path, "rb") as f:
+                total += sum(1 for line in f if line.strip())
+        except (OSError, EOFError) as e:
+            raise ManifestError(f"cannot read manifest {path}: {e}") from e
+    return total
+
+
 def load_cuts(path: str | Path, lazy: bool = True) -> CutSet:
     """Loads a CutSet after :func:`check_manifest`.
 

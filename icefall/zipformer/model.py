@@ -17,7 +17,11 @@ from icefall.zipformer.decoder import Decoder
 from icefall.zipformer.encoder import Zipformer2
 from icefall.zipformer.joiner import Joiner
 from icefall.zipformer.scaling import ScaledLinear, _is_exporting
-from icefall.zipformer.subsampling import MIN_INPUT_FRAMES, Conv2dSubsampling
+from icefall.zipformer.subsampling import (
+    MIN_INPUT_FRAMES,
+    Conv2dSubsampling,
+    subsampled_length,
+)
 
 
 class AsrModel(nn.Module):
@@ -50,7 +54,11 @@ class AsrModel(nn.Module):
                                             nn.LogSoftmax(dim=-1))
 
     def check_inputs(self, x: Tensor, x_lens: Tensor) -> None:
-        """Raises ValueError for inputs the encoder cannot process meaningfully."""
+        """Raises ValueError for inputs the encoder cannot process meaningfully.
+
+        Reading ``x_lens`` waits for the device when it is on a GPU; training passes it
+        on the CPU (see :meth:`forward`).
+        """
         feature_dim = self.encoder_embed.in_channels
         if x.ndim != 3 or x.shape[2] != feature_dim:
             raise ValueError(f"features must have shape (N, T, {feature_dim}), got "
@@ -76,6 +84,7 @@ class AsrModel(nn.Module):
         """
         if not _is_exporting():
             self.check_inputs(x, x_lens)
+            x_lens = x_lens.to(x.device, non_blocking=True)
         x, x_lens = self.encoder_embed(x, x_lens)  # (N, T', C0)
         mask = make_pad_mask(x_lens, x.shape[1])
         x = x.permute(1, 0, 2)  # (T', N, C0)
@@ -84,7 +93,8 @@ class AsrModel(nn.Module):
 
     def forward_ctc(self, encoder_out: Tensor, encoder_out_lens: Tensor, targets: Tensor,
                     target_lengths: Tensor) -> Tensor:
-        """Summed CTC loss. targets: (N, S) padded; target_lengths: (N,)."""
+        """Summed CTC loss. targets: (N, S) padded; encoder_out_lens, target_lengths: (N,)
+        (on the CPU, ``ctc_loss`` needs no read from the device)."""
         log_probs = self.ctc_output(encoder_out).permute(1, 0, 2)  # (T'', N, V)
         return nn.functional.ctc_loss(log_probs, targets, encoder_out_lens, target_lengths,
                                       blank=0, reduction="sum", zero_infinity=True)
@@ -95,31 +105,36 @@ class AsrModel(nn.Module):
         """Summed simple (smoothed, trivial-joiner) and pruned RNN-T losses.
 
         Args:
-          encoder_out: (N, T'', C); encoder_out_lens: (N,); y: (N, S) padded labels;
-          y_lens: (N,).
+          encoder_out: (N, T'', C); encoder_out_lens: (N,); y: (N, S) padded labels on
+          encoder_out's device; y_lens: (N,) (on the CPU, as :meth:`forward` passes them, the
+          loss never waits for the device).
         """
         from icefall import rnnt_loss
 
         blank_id = self.decoder.blank_id
         sos_y = nn.functional.pad(y, (1, 0), value=blank_id)  # (N, S + 1)
         decoder_out = self.decoder(sos_y)  # (N, S + 1, D)
-        boundary = torch.zeros((y.shape[0], 4), dtype=torch.int64, device=y.device)
-        boundary[:, 2] = y_lens
-        boundary[:, 3] = encoder_out_lens
+        # Built where the lengths are: on the CPU in training, so the loss reads it freely.
+        boundary = torch.stack([torch.zeros_like(y_lens), torch.zeros_like(y_lens), y_lens,
+                                encoder_out_lens], dim=1)  # (N, 4)
         lm = self.simple_lm_proj(decoder_out)
         am = self.simple_am_proj(encoder_out)
-        with torch.autocast(encoder_out.device.type, enabled=False):
+        with torch.autocast(encoder_out.device.type, enabled=False), \
+                rnnt_loss.trusted_inputs():
             simple_loss, (px_grad, py_grad) = rnnt_loss.rnnt_loss_smoothed(
                 lm=lm.float(), am=am.float(), symbols=y, termination_symbol=blank_id,
                 lm_only_scale=lm_scale, am_only_scale=am_scale, boundary=boundary,
                 reduction="sum", return_grad=True)
-        ranges = rnnt_loss.get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad,
-                                                 boundary=boundary, s_range=prune_range)
-        am_pruned, lm_pruned = rnnt_loss.do_rnnt_pruning(
-            am=self.joiner.encoder_proj(encoder_out), lm=self.joiner.decoder_proj(decoder_out),
-            ranges=ranges)  # each (N, T'', prune_range, J)
+        with rnnt_loss.trusted_inputs():
+            ranges = rnnt_loss.get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad,
+                                                     boundary=boundary, s_range=prune_range)
+            am_pruned, lm_pruned = rnnt_loss.do_rnnt_pruning(
+                am=self.joiner.encoder_proj(encoder_out),
+                lm=self.joiner.decoder_proj(decoder_out),
+                ranges=ranges)  # each (N, T'', prune_range, J)
         logits = self.joiner(am_pruned, lm_pruned, project_input=False)
-        with torch.autocast(encoder_out.device.type, enabled=False):
+        with torch.autocast(encoder_out.device.type, enabled=False), \
+                rnnt_loss.trusted_inputs():
             pruned_loss = rnnt_loss.rnnt_loss_pruned(
                 logits=logits.float(), symbols=y, ranges=ranges, termination_symbol=blank_id,
                 boundary=boundary, reduction="sum")
@@ -139,25 +154,36 @@ class AsrModel(nn.Module):
         labels = y.tolist() if hasattr(y, "tolist") else [list(u) for u in y]
         if len(labels) != x.shape[0]:
             raise ValueError(f"{len(labels)} label sequences for a batch of {x.shape[0]}")
-        y_pad, y_lens = pad_labels(labels, device=x.device)
+        y_pad, y_lens = pad_labels(labels)  # on the CPU
+        x_lens = x_lens.cpu()  # free when on the CPU already, as training passes it
         encoder_out, encoder_out_lens = self.forward_encoder(x, x_lens)
+        out_lens = self.encoder_out_lens(x_lens)  # (N,) on the CPU, equal to encoder_out_lens
+        y_pad = y_pad.to(x.device, non_blocking=True)
         zero = encoder_out.new_zeros(())
         simple_loss = pruned_loss = ctc_loss = zero
         if self.use_transducer:
             simple_loss, pruned_loss = self.forward_transducer(
-                encoder_out, encoder_out_lens, y_pad, y_lens, prune_range=prune_range,
+                encoder_out, out_lens, y_pad, y_lens, prune_range=prune_range,
                 am_scale=am_scale, lm_scale=lm_scale)
         if self.use_ctc:
-            ctc_loss = self.forward_ctc(encoder_out, encoder_out_lens, y_pad, y_lens)
+            # CPU lengths: ctc_loss reads them on the host anyway.
+            ctc_loss = self.forward_ctc(encoder_out, out_lens, y_pad, y_lens)
         return simple_loss, pruned_loss, ctc_loss
+
+    @staticmethod
+    def encoder_out_lens(x_lens: Tensor) -> Tensor:
+        """(N,) encoder output frames for (N,) input frames, computed where x_lens is:
+        the frontend's (T - 7) // 2, then the encoder's final (T' + 1) // 2."""
+        return torch.div(subsampled_length(x_lens) + 1, 2, rounding_mode="floor")
 
 
 def pad_labels(labels: Sequence[Sequence[int]], device: torch.device | str = "cpu",
                pad_value: int = 0) -> tuple[Tensor, Tensor]:
-    """Pads label lists into (N, S) int64 and returns (N,) lengths."""
-    lens = torch.tensor([len(u) for u in labels], dtype=torch.int64)
-    out = torch.full((len(labels), max(1, int(lens.max()) if len(labels) else 1)), pad_value,
-                     dtype=torch.int64)
-    for i, u in enumerate(labels):
-        out[i, : len(u)] = torch.tensor(list(u), dtype=torch.int64)
-    return out.to(device), lens.to(device)
+    """Pads label lists into (N, S) int64 and returns (N,) lengths (both built on the host,
+    then moved to ``device`` without waiting for it)."""
+    lengths = [len(u) for u in labels]
+    width = max([1, *lengths])
+    rows = [list(u) + [pad_value] * (width - n) for u, n in zip(labels, lengths)]
+    out = torch.tensor(rows, dtype=torch.int64).reshape(len(labels), width)  # (N, S)
+    lens = torch.tensor(lengths, dtype=torch.int64)  # (N,)
+    return out.to(device, non_blocking=True), lens.to(device, non_blocking=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -83,8 +84,18 @@ FloatLike = float | ScheduledFloat
 
 def set_batch_count(model: nn.Module, batch_count: float) -> None:
     """Sets the batch count seen by every ScheduledFloat (and batch-aware module) in model."""
-    for m in model.modules():
-        if hasattr(m, "batch_count"):
+    BatchCounter(model).set(batch_count)
+
+
+class BatchCounter:
+    """:func:`set_batch_count` for one model, with its batch-aware modules found once (a
+    training step then does not walk the whole model)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = [m for m in model.modules() if hasattr(m, "batch_count")]
+
+    def set(self, batch_count: float) -> None:
+        for m in self.modules:
             m.batch_count = batch_count
 
 
@@ -496,6 +507,50 @@ def whitening_metric(x: Tensor, num_groups: int) -> Tensor:
     return mean_sq_diag / (mean_diag ** 2 + 1.0e-20)
 
 
+class HostFeedback:
+    """A module whose Python-side state follows a value computed on the device.
+
+    Reading that value at once would wait for the device on every training step, so it is
+    left pending: a training loop collects the pending values of all such modules with its
+    own once-per-step read (:func:`take_host_feedback`, :func:`give_host_feedback`). A
+    module whose value nobody collected reads it itself before its next use.
+    """
+
+    def __init__(self) -> None:
+        self._pending: Tensor | None = None
+
+    def set_pending(self, value: Tensor) -> None:
+        self._pending = value.detach()
+
+    def take_pending(self) -> Tensor | None:
+        """The pending 0-dim value (and forget it), or None."""
+        value, self._pending = self._pending, None
+        return value
+
+    def receive(self, value: float) -> None:
+        """Updates the Python-side state from the value read on the host."""
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        """Reads a value nobody collected (waits for the device)."""
+        value = self.take_pending()
+        if value is not None:
+            self.receive(float(value))
+
+
+def take_host_feedback(modules: Sequence[HostFeedback]
+                       ) -> tuple[list[HostFeedback], list[Tensor]]:
+    """The modules with a pending value, and those values (0-dim tensors)."""
+    taken = [(m, v) for m in modules if (v := m.take_pending()) is not None]
+    return [m for m, _ in taken], [v for _, v in taken]
+
+
+def give_host_feedback(modules: Sequence[HostFeedback], values: Sequence[float]) -> None:
+    """Hands each module the value read for it (same order as :func:`take_host_feedback`)."""
+    for m, v in zip(modules, values):
+        m.receive(v)
+
+
 class _WhitenFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, module: Whiten) -> Tensor:
@@ -505,28 +560,31 @@ class _WhitenFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, x_grad: Tensor):
+        """Adds the penalty's gradient when the metric is over the limit. The decision is
+        taken on the device (no read-back); the module learns it later (HostFeedback)."""
         (x,) = ctx.saved_tensors
         w: Whiten = ctx.module
         with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
             xf = x.detach().float().requires_grad_(True)
             metric = whitening_metric(xf, w.num_groups)
-            if metric < float(w.whitening_limit):
-                w.prob = w.min_prob
-                return x_grad, None
-            w.prob = w.max_prob
             (penalty,) = torch.autograd.grad(metric, xf)
+        over = metric.detach() >= float(w.whitening_limit)  # 0-dim bool, on the device
+        w.set_pending(over)
         scale = float(w.grad_scale) * (x_grad.float().norm() / (penalty.norm() + 1.0e-20))
-        return x_grad + (penalty * scale).to(x_grad.dtype), None
+        whitened = x_grad + (penalty * scale).to(x_grad.dtype)
+        return torch.where(over, whitened, x_grad), None
 
 
-class Whiten(nn.Module):
+class Whiten(HostFeedback, nn.Module):
     """Adds a gradient that whitens x's channel covariance when :func:`whitening_metric`
-    exceeds ``whitening_limit`` (identity in value). Checked with probability in ``prob``.
+    exceeds ``whitening_limit`` (identity in value). Checked with probability in ``prob``:
+    the larger one after a check found the metric over the limit, else the smaller one.
     """
 
     def __init__(self, num_groups: int, whitening_limit: FloatLike,
                  prob: float | tuple[float, float], grad_scale: FloatLike) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
+        HostFeedback.__init__(self)
         if num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
         self.num_groups = num_groups
@@ -535,9 +593,14 @@ class Whiten(nn.Module):
         self.min_prob, self.max_prob = (prob, prob) if isinstance(prob, float) else prob
         self.prob = self.max_prob
 
+    def receive(self, value: float) -> None:
+        """value: 1.0 when the last check found the metric over the limit, else 0.0."""
+        self.prob = self.max_prob if value else self.min_prob
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or _is_exporting() or not x.requires_grad:
             return x
+        self.settle()
         if random.random() > self.prob or float(self.grad_scale) == 0.0:
             return x
         return _WhitenFunction.apply(x, self)
