@@ -13,9 +13,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["icefall", "icefall.*"]),
     install_requires=[
-        # Any torch >= 2.1 works; the Makefile installs the local CPU wheel first
-        # so that this range is already satisfied.
-        "torch>=2.1",
+        # PyTorch 2.3 or newer (device-generic torch.amp.GradScaler); tested with 2.13
+        # (CPU) and written for 2.11 + CUDA 13 (make gpu-check). The Makefile installs
+        # the local CPU wheel first so that this range is already satisfied.
+        "torch>=2.3",
         "lhotse>=1.24",
         "lilcom>=1.7",
         "urllib3>=1.26",

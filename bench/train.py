@@ -40,11 +40,9 @@ from icefall.data import load_bpe_model, train_bpe_model  # noqa: E402
 from icefall.trainer import (  # noqa: E402
     ADAPTER_RECIPE,
     BASE_RECIPE,
-    TrainState,
-    build_model,
     get_params,
     get_parser,
-    make_optimizer,
+    make_train_state,
     set_train_mode,
     train_step,
 )
@@ -61,6 +59,7 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--use-fp16", type=int, default=0)
+    p.add_argument("--use-bf16", type=int, default=0)
     p.add_argument("--write", type=int, default=1, help="1: write docs/benchmarks.md.")
     p.add_argument("--memory-worker", choices=list(SETUPS), help=argparse.SUPPRESS)
     p.add_argument("--work-dir", help=argparse.SUPPRESS)
@@ -78,23 +77,20 @@ def make_bpe(work_dir: Path) -> Path:
 
 
 def make_state(setup: str, args: argparse.Namespace, bpe: Path):
-    """(params, TrainState) as train.py would build them (pretrained weights are random)."""
+    """(params, TrainState) as train.py builds them (pretrained weights are random)."""
     recipe = SETUPS[setup]
     flags = get_parser(recipe).parse_args(["--bpe-model", str(bpe), "--tensorboard", "0",
                                            "--do-finetune", "0",
-                                           "--use-fp16", str(args.use_fp16)])
+                                           "--use-fp16", str(args.use_fp16),
+                                           "--use-bf16", str(args.use_bf16)])
     params = get_params()
     params.update(vars(flags))
     params.update(world_size=1, cur_epoch=1, batch_idx_train=1000)
     sp = load_bpe_model(bpe)
     params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    model = build_model(params).to(device)
-    optimizer, scheduler = make_optimizer(model, params)
-    scaler = torch.amp.GradScaler(device.type, enabled=bool(args.use_fp16))
-    st = TrainState(model, None, optimizer, scheduler, scaler, sp, None, 0, 1, device)
-    set_train_mode(model, params)
+    st, _ = make_train_state(params, 0, 1, torch.device(args.device), sp)
+    set_train_mode(st.model, params)
     return params, st
 
 
@@ -148,7 +144,7 @@ def measure_memory(args: argparse.Namespace, setup: str, work_dir: Path) -> floa
     cmd = [sys.executable, __file__, "--memory-worker", setup, "--work-dir", str(work_dir),
            "--batch-size", str(args.batch_size), "--duration", str(args.duration),
            "--threads", str(args.threads), "--device", args.device,
-           "--use-fp16", str(args.use_fp16)]
+           "--use-fp16", str(args.use_fp16), "--use-bf16", str(args.use_bf16)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
@@ -171,7 +167,8 @@ def report(args: argparse.Namespace, times: dict[str, list[float]],
     speed = {s: audio / statistics.median(times[s]) for s in SETUPS}
     rows = [f"| {s} | {statistics.median(times[s]):.2f} | {speed[s]:.1f} | {memory[s]:.0f} |"
             for s in SETUPS]
-    dev = args.device + (" (fp16 AMP)" if args.use_fp16 else "")
+    dev = args.device + (" (fp16 AMP)" if args.use_fp16 else "") + \
+        (" (bf16 AMP)" if args.use_bf16 else "")
     return "\n".join([
         f"Device {dev}; batch {args.batch_size} x {args.duration:g} s; median of "
         f"{args.steps} alternating steps; each step = forward, loss, backward, "

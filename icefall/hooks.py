@@ -9,6 +9,7 @@ scale). Each check reads the device, so the hooks are for debugging, not for spe
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -36,6 +37,8 @@ def register_inf_check_hooks(model: nn.Module) -> list[RemovableHandle]:
     """Adds forward hooks (module outputs), full backward hooks (gradients w.r.t. module
     outputs) and parameter hooks (gradients of trainable parameters) that log a warning
     naming what is not finite. Returns the handles (``handle.remove()`` undoes one)."""
+    # Modules whose inputs need no gradient (the first layers) still report output grads.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
     handles = []
     for name, module in model.named_modules():
         label = name or "<top-level>"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import random
 import shutil
 import sys
@@ -149,6 +150,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> N
       help="Batches over which the simple loss weight falls from 1 and the pruned "
            "loss weight rises from 0.1.")
     a("--seed", type=int, default=42, help="Seed of all random generators.")
+    a("--deterministic", type=str2bool, default=False,
+      help="Deterministic algorithms (slower on GPUs): a rerun or a resumed run ends with "
+           "the same parameters, to the bit, on the same machine.")
     a("--inf-check", type=str2bool, default=False,
       help="Add hooks that report non-finite module outputs and gradients.")
     a("--save-every-n", type=int, default=4000,
@@ -230,6 +234,14 @@ def fix_random_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def use_deterministic_algorithms() -> None:
+    """--deterministic: PyTorch's deterministic kernels (a warning names any op that has
+    none), and the cuBLAS workspace setting they need."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -725,8 +737,10 @@ def _make_model(params: AttributeDict, rank: int, world_size: int, device: torch
     return model, model_avg, checkpoint
 
 
-def _make_state(params: AttributeDict, rank: int, world_size: int, device: torch.device,
-                sp) -> tuple[TrainState, dict[str, Any] | None]:
+def make_train_state(params: AttributeDict, rank: int, world_size: int, device: torch.device,
+                     sp) -> tuple[TrainState, dict[str, Any] | None]:
+    """Model (resumed or fine-tuned as the flags say), average, optimizer, scheduler, grad
+    scaler, precision and TensorBoard writer of one rank; and the resume checkpoint."""
     model, model_avg, checkpoint = _make_model(params, rank, world_size, device)
     precision = choose_precision(params.use_fp16, params.use_bf16, device)
     logging.info(f"Training in {precision.describe()}")
@@ -801,7 +815,7 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
     fix_random_seed(params.seed)
     sp = load_bpe_model(params.bpe_model)
     params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
-    st, checkpoint = _make_state(params, rank, world_size, device, sp)
+    st, checkpoint = make_train_state(params, rank, world_size, device, sp)
     resume_mid_epoch = params.start_batch > 0 and checkpoint is not None
     sampler_state = checkpoint.get("sampler") if resume_mid_epoch else None
     train_dl, valid_dl = make_dataloaders(params, sp, sampler_state)
@@ -833,6 +847,8 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     params.world_size = world_size
     setup_logger(Path(params.exp_dir) / "log" / "log-train", rank=rank)
     configure_threads(world_size)
+    if params.deterministic:
+        use_deterministic_algorithms()
     device = setup_dist(rank, world_size, params.master_port)
     try:
         train(params, rank, world_size, device)

@@ -59,3 +59,13 @@ def test_unmasked_dim_larger_than_encoder_dim():
 def test_chunk_size_not_multiple_of_downsampling():
     with pytest.raises(ValueError, match="--chunk-size 12"):
         get_model(tiny_params(causal=True, chunk_size="12", left_context_frames="64"))
+
+
+def test_host_encoder_lengths_equal_the_encoders(model):
+    """The boundary of the loss is built from lengths computed on the host: they must be
+    the encoder's own output lengths."""
+    lens = torch.tensor([9, 10, 23, 24, 57, 100])
+    x = torch.randn(len(lens), 100, 80)
+    with torch.no_grad():
+        _, out_lens = model.forward_encoder(x, lens)
+    assert torch.equal(model.encoder_out_lens(lens), out_lens)

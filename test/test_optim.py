@@ -422,3 +422,27 @@ def test_get_parameter_groups_with_lrs_respects_lr_scale() -> None:
     sch.step_batch(10**6)
     lrs = sch.get_last_lr()
     assert lrs[0] / lrs[2] == pytest.approx(0.5) and lrs[1] / lrs[2] == pytest.approx(0.25)
+
+
+def test_clipping_decided_on_the_device_matches_the_host_reference() -> None:
+    """host_clipping_checks=False (no device read per step) updates exactly as the
+    reference's host path, through normal, clipped and NaN-gradient steps."""
+    torch.manual_seed(7)
+    base = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 3))
+    models = [copy.deepcopy(base), copy.deepcopy(base)]
+    opts = [ScaledAdam(m.parameters(), lr=0.04, clipping_scale=2.0, clipping_update_period=4,
+                       host_clipping_checks=host) for m, host in zip(models, (True, False))]
+    for step, (x, t) in enumerate(_data(24, seed=11)):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), t).backward()
+            if step in (9, 15):
+                for p in model.parameters():
+                    p.grad *= 1.0e5  # clipped
+            if step == 12:
+                model[0].weight.grad[0, 0] = float("nan")  # dropped (factor 0)
+            opt.step()
+        for p, q in zip(*(m.parameters() for m in models)):
+            assert torch.equal(p, q), step
+    host_state, device_state = (o.state[models[i][2].bias] for i, o in enumerate(opts))
+    assert device_state["model_norm_threshold"] == host_state["model_norm_threshold"]

@@ -428,6 +428,22 @@ def test_bad_arguments_raise_value_error(case):
         _bad_calls()[case]()
 
 
+def test_trusted_inputs_skip_only_the_value_checks_that_read_the_device():
+    """Inside trusted_inputs() symbols and ranges values are not read back (a GPU would
+    wait); shapes and boundary values (read from a CPU copy) are still checked."""
+    from icefall import rnnt_loss as module
+
+    calls = _bad_calls()
+    with module.trusted_inputs():
+        with pytest.raises(RuntimeError):  # not our ValueError: torch's own index check
+            calls["ranges value"]()
+        for case in ("symbols shape", "boundary S", "boundary T", "s_range"):
+            with pytest.raises(ValueError):
+                calls[case]()
+    with pytest.raises(ValueError):
+        calls["ranges value"]()
+
+
 # ----------------------------------------------------------------------------- backend choice
 
 

@@ -17,8 +17,10 @@ from icefall.zipformer.scaling import (
     SwooshL,
     SwooshR,
     Whiten,
+    give_host_feedback,
     limit_param_value,
     set_batch_count,
+    take_host_feedback,
     whitening_metric,
 )
 
@@ -202,3 +204,25 @@ def test_regularisers_are_skipped_in_eval_mode():
     wh = Whiten(num_groups=1, whitening_limit=1.0, prob=(1.0, 1.0), grad_scale=1.0).eval()
     x = torch.randn(10, 4, requires_grad=True)
     assert bal(x) is x and wh(x) is x
+
+
+def test_whiten_below_the_limit_leaves_the_gradient_and_reports_later():
+    """The over-the-limit decision is taken on the device: below the limit the gradient is
+    untouched (bit for bit) and the module learns the outcome from its pending value."""
+    random.seed(0)
+    w = Whiten(num_groups=1, whitening_limit=100.0, prob=(0.25, 1.0), grad_scale=1.0).train()
+    x = torch.randn(300, 6, requires_grad=True)
+    g = torch.randn(300, 6)
+    w(x).backward(g)
+    assert torch.equal(x.grad, g)
+    modules, values = take_host_feedback([w])
+    assert modules == [w] and float(values[0]) == 0.0
+    give_host_feedback(modules, [float(v) for v in values])
+    assert w.prob == 0.25  # below the limit: checked less often
+    w.whitening_limit = 1.0
+    w.prob = 1.0
+    x.grad = None
+    w(x).backward(g)
+    assert not torch.equal(x.grad, g)
+    w.settle()  # nobody collected the value: the module reads it itself
+    assert w.prob == 1.0 and w.take_pending() is None

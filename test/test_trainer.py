@@ -229,3 +229,18 @@ def test_finetune_with_mux_init_modules_and_tensorboard(corpus, base_run, tmp_pa
     assert len(logged) >= 3 and len(written) == len(logged)
     for b, v in logged.items():  # batch_idx_train counts from 1 within a fresh run
         assert abs(written[b + 1] - v) <= 5e-4 * abs(v), b
+
+
+def test_mux_weights_are_the_manifests_cut_counts(corpus, tmp_path):
+    """Counted once before the ranks start (not by every rank, not by tokenising)."""
+    from lhotse import load_manifest
+
+    from icefall.trainer import set_mux_weights
+
+    args = get_parser(ADAPTER_RECIPE).parse_args(train_args(
+        corpus, tmp_path, "b", 1, "--use-mux", "1", "--mux-cuts", "doma_cuts_train.jsonl.gz"))
+    assert args.mux_weights == ""
+    set_mux_weights(args)
+    counts = [len(load_manifest(corpus["manifest_dir"] / f"dom{d}_cuts_train.jsonl.gz"))
+              for d in "ba"]
+    assert args.mux_weights == f"{counts[0]},{counts[1]}"

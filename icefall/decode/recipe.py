@@ -105,8 +105,8 @@ def decode_dataset(dl, params: dict[str, Any], model: nn.Module, sp) -> list[Res
     device = next(model.parameters()).device
     results: list[Result] = []
     for batch in dl:
-        feats = batch["inputs"].to(device)
-        lens = batch["supervisions"]["num_frames"].to(device)
+        feats = batch["inputs"].to(device, non_blocking=True)
+        lens = batch["supervisions"]["num_frames"]  # the model reads them on the host
         with torch.no_grad():
             enc, enc_lens = model.forward_encoder(feats, lens)
             hyps = decode_batch(model, enc, enc_lens, params["decoding_method"],
