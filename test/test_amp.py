@@ -24,12 +24,12 @@ from icefall.checkpoint import load_checkpoint_file, update_averaged_model
 from icefall.data import load_bpe_model
 from icefall.trainer import (
     BASE_RECIPE,
-    make_train_state,
     get_params,
     get_parser,
     get_rng_state,
     main,
     make_dataloaders,
+    make_train_state,
     scan_pessimistic_batches,
     set_rng_state,
     whiten_state,
