@@ -18,12 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
+from icefall.errors import TrainingStoppedError
+
 INITIAL_GRAD_SCALE = 1.0
 SMALL_GRAD_SCALE = 0.01
 FATAL_GRAD_SCALE = 1.0e-5
 
 
-class GradScaleTooSmallError(RuntimeError):
+class GradScaleTooSmallError(TrainingStoppedError):
     """fp16 training produced non-finite gradients until the scale fell below 1e-5."""
 
 

@@ -31,8 +31,8 @@ from icefall.checkpoint import (
     load_checkpoint_file,
     model_state_from,
 )
+from icefall.cli.flags import str2bool
 from icefall.finetune import strip_ddp_prefix
-from icefall.utils import str2bool
 from icefall.zipformer import adapter_parameter_names, get_model, set_adapters_enabled
 from icefall.zipformer.model import AsrModel
 

@@ -49,6 +49,7 @@ from icefall.checkpoint import (
     save_checkpoint,
     update_averaged_model,
 )
+from icefall.cli.flags import str2bool
 from icefall.data import AsrDataModule, encode, filter_cuts, load_bpe_model, load_cuts
 from icefall.data.manifests import check_manifest, count_cuts
 from icefall.dist import (
@@ -59,6 +60,7 @@ from icefall.dist import (
     max_checksum_difference_across_ranks,
     setup_dist,
 )
+from icefall.errors import TrainingStoppedError
 from icefall.finetune import (
     finetune_state,
     load_finetune_checkpoint,
@@ -67,7 +69,7 @@ from icefall.finetune import (
 from icefall.hooks import register_inf_check_hooks
 from icefall.metrics import MetricsTracker
 from icefall.optim import Eden, ScaledAdam, get_parameter_groups_with_lrs
-from icefall.utils import AttributeDict, setup_logger, str2bool
+from icefall.utils import AttributeDict, setup_logger
 from icefall.zipformer import (
     adapter_parameters,
     add_adapter_arguments,
@@ -629,7 +631,7 @@ def validate(params: AttributeDict, st: TrainState, valid_dl) -> None:
         valid.write_summary(st.tb_writer, "train/valid_", params.batch_idx_train)
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(TrainingStoppedError):
     """The training data cannot make a batch (found once training has started)."""
 
 
@@ -772,7 +774,7 @@ def save_bad_model(params: AttributeDict, st: TrainState, suffix: str) -> None:
                              st.model, None, st.optimizer, st.scheduler, st.scaler, None)
 
 
-class BatchOutOfMemoryError(RuntimeError):
+class BatchOutOfMemoryError(TrainingStoppedError):
     """The GPU ran out of memory on one of the most demanding batches of the epoch."""
 
 

@@ -5,7 +5,6 @@ Dimension legend: N = batch size, T = frames.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -35,18 +34,6 @@ class AttributeDict(dict):
             del self[key]
         except KeyError as e:
             raise AttributeError(f"No attribute '{key}'") from e
-
-
-def str2bool(v: str | bool) -> bool:
-    """argparse ``type=`` for 0/1 flags: accepts 1/0, true/false, yes/no, y/n, t/f."""
-    if isinstance(v, bool):
-        return v
-    s = v.strip().lower()
-    if s in ("1", "true", "t", "yes", "y"):
-        return True
-    if s in ("0", "false", "f", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (0/1, true/false), got '{v}'")
 
 
 def to_int_tuple(s: str | int | Iterable[int], name: str = "value") -> tuple[int, ...]:

@@ -3,7 +3,8 @@ import argparse
 import pytest
 import torch
 
-from icefall.utils import AttributeDict, make_pad_mask, str2bool, to_int_tuple
+from icefall.cli.flags import str2bool
+from icefall.utils import AttributeDict, make_pad_mask, to_int_tuple
 
 
 def test_str2bool_accepts_icefall_spellings():

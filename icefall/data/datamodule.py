@@ -47,9 +47,9 @@ from lhotse.dataset.sampling.base import CutSampler
 from lhotse.utils import fix_random_seed
 from torch.utils.data import DataLoader
 
+from icefall.cli.flags import str2bool
 from icefall.data.fbank import make_fbank_extractor
 from icefall.data.manifests import cuts_filename, find_cuts, load_cuts
-from icefall.utils import str2bool
 
 INPUT_STRATEGIES = ("PrecomputedFeatures", "OnTheFlyFeatures", "AudioSamples")
 MUSAN_MANIFEST = "musan_cuts.jsonl.gz"

@@ -23,8 +23,9 @@ from lhotse import CutSet, Fbank, FbankConfig
 from lhotse.features.base import FeatureExtractor
 from lhotse.features.io import FeaturesWriter, LilcomChunkyWriter, NumpyFilesWriter
 
+from icefall.cli.flags import str2bool
 from icefall.data.manifests import cuts_filename, feats_dirname, save_cuts
-from icefall.utils import setup_logger, str2bool
+from icefall.utils import setup_logger
 
 NUM_MEL_BINS = 80
 # --storage choices of the compute_fbank scripts

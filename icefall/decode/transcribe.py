@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from icefall.checkpoint import CheckpointError, load_checkpoint_file, model_state_from
+from icefall.cli.flags import str2bool
 from icefall.data import load_bpe_model, make_fbank_extractor
 from icefall.decode.search import DECODING_METHODS, decode_batch
 from icefall.export.onnx_runtime import read_sound_file as read_samples
 from icefall.finetune import strip_ddp_prefix
 from icefall.inference import model_from_state, set_model_dims_from_bpe
-from icefall.utils import str2bool
 from icefall.zipformer import add_adapter_arguments, add_model_arguments
 
 

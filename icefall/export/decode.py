@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from icefall.cli.flags import str2bool
 from icefall.data import AsrDataModule, load_cuts
 from icefall.decode.gigaspeech_scoring import post_processing
 from icefall.decode.recipe import DecodeRecipe, parse_test_sets
@@ -33,7 +34,7 @@ from icefall.export.onnx_runtime import (
     token_id,
     tokens_to_text,
 )
-from icefall.utils import setup_logger, str2bool
+from icefall.utils import setup_logger
 
 Result = tuple[str, list[str], list[str]]
 

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from icefall.checkpoint import CheckpointError
+from icefall.cli.flags import str2bool
 from icefall.inference import (
     add_checkpoint_arguments,
     checkpoint_suffix,
@@ -52,7 +53,7 @@ from icefall.inference import (
     select_state_dict,
 )
 from icefall.token_table import read_token_table
-from icefall.utils import atomic_write_bytes, setup_logger, str2bool, to_int_tuple
+from icefall.utils import atomic_write_bytes, setup_logger, to_int_tuple
 from icefall.zipformer import (
     add_adapter_arguments,
     add_model_arguments,

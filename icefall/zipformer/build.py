@@ -10,7 +10,8 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from icefall.utils import AttributeDict, str2bool, to_int_tuple
+from icefall.cli.flags import str2bool
+from icefall.utils import AttributeDict, to_int_tuple
 from icefall.zipformer.adapters import add_adapters
 from icefall.zipformer.decoder import Decoder
 from icefall.zipformer.encoder import Zipformer2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 
+from icefall.cli.flags import str2bool
 from icefall.data import add_fbank_arguments, setup_fbank_script
 from icefall.data.prepare import (
     LIBRISPEECH_PARTS,
@@ -26,7 +27,6 @@ from icefall.data.prepare import (
     run_cli,
     split_names,
 )
-from icefall.utils import str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:

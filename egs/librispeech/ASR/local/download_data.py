@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from icefall.cli.flags import str2bool
 from icefall.data.prepare import (
     GIGASPEECH_ALL_SUBSETS,
     GIGASPEECH_SUBSETS,
@@ -31,7 +32,7 @@ from icefall.data.prepare import (
     run_cli,
     split_names,
 )
-from icefall.utils import setup_logger, str2bool
+from icefall.utils import setup_logger
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from icefall.cli.flags import str2bool
 from icefall.data.prepare import run_cli, validate_manifest
-from icefall.utils import setup_logger, str2bool
+from icefall.utils import setup_logger
 
 
 def get_parser() -> argparse.ArgumentParser:
