@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 from bench.loss import OtherLoad  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from icefall.data import make_fbank_extractor  # noqa: E402
+from icefall.decode import onnx_runtime as rt  # noqa: E402
 from icefall.decode.search import greedy_search_batch  # noqa: E402
-from icefall.export import onnx_runtime as rt  # noqa: E402
 from icefall.export.onnx import ExportedFiles, encoder_metadata, export_transducer  # noqa: E402
 from icefall.zipformer import count_parameters, get_model  # noqa: E402
 

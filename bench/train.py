@@ -21,6 +21,7 @@ first step (Linux VmHWM), on CUDA ``torch.cuda.max_memory_allocated``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -34,20 +35,43 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.model import _status_mb, reset_peak_rss  # noqa: E402
 from bench.report import write_section  # noqa: E402
+from icefall.cli.train import get_parser  # noqa: E402
 from icefall.data import load_bpe_model, train_bpe_model  # noqa: E402
 from icefall.trainer import (  # noqa: E402
-    ADAPTER_RECIPE,
-    BASE_RECIPE,
     get_params,
-    get_parser,
     make_train_state,
     set_train_mode,
     train_step,
 )
 
-SETUPS = {"full": BASE_RECIPE, "adapters": ADAPTER_RECIPE}
+
+def _recipes():
+    """egs/librispeech/ASR/recipes.py: the two recipes' defaults."""
+    spec = importlib.util.spec_from_file_location(
+        "librispeech_recipes", ROOT / "egs" / "librispeech" / "ASR" / "recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+_RECIPES = _recipes()
+SETUPS = {"full": _RECIPES.BASE.train, "adapters": _RECIPES.ADAPTER.train}
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (kB), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Resets VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
 
 
 def get_args() -> argparse.Namespace:

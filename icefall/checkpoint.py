@@ -111,6 +111,14 @@ def model_state_from(data: Mapping[str, Any], path: str | Path, key: str = "mode
     return dict(state)
 
 
+def strip_ddp_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Removes the ``module.`` prefix that DistributedDataParallel adds to every key."""
+    if state and all(k.startswith("module.") for k in state):
+        logging.info("Loading a checkpoint saved from a DDP-wrapped model")
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
 def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], path: str | Path,
                           allowed_missing: Iterable[str] = ()) -> None:
     """Raises CheckpointError naming the first key whose shape differs, or that is

@@ -9,7 +9,7 @@ parameters under those prefixes. With adapters, every other parameter is frozen.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -19,20 +19,13 @@ from icefall.checkpoint import (
     check_state_dict_fits,
     load_checkpoint_file,
     model_state_from,
+    strip_ddp_prefix,
 )
 from icefall.zipformer.adapters import (
     adapter_parameter_names,
     count_parameters,
     freeze_all_but_adapters,
 )
-
-
-def strip_ddp_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Removes the ``module.`` prefix that DistributedDataParallel adds to every key."""
-    if state and all(k.startswith("module.") for k in state):
-        logging.info("Loading a checkpoint saved from a DDP-wrapped model")
-        return {k[len("module."):]: v for k, v in state.items()}
-    return dict(state)
 
 
 def parse_init_modules(value: str | None) -> list[str]:

@@ -13,7 +13,6 @@ without adapters is an error.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,28 +29,10 @@ from icefall.checkpoint import (
     find_checkpoints,
     load_checkpoint_file,
     model_state_from,
+    strip_ddp_prefix,
 )
-from icefall.cli.flags import str2bool
-from icefall.finetune import strip_ddp_prefix
 from icefall.zipformer import adapter_parameter_names, get_model, set_adapters_enabled
 from icefall.zipformer.model import AsrModel
-
-
-def add_checkpoint_arguments(parser: argparse.ArgumentParser, exp_dir: str,
-                             epoch: int = 30, avg: int = 15) -> None:
-    """--epoch --iter --avg --use-averaged-model --exp-dir --trust-checkpoint."""
-    a = parser.add_argument
-    a("--epoch", type=int, default=epoch,
-      help="Decode with epoch-EPOCH.pt (averaged with earlier epochs, see --avg).")
-    a("--iter", type=int, default=0,
-      help="If positive, use checkpoint-*.pt files up to this batch instead of --epoch.")
-    a("--avg", type=int, default=avg, help="Number of checkpoints to average.")
-    a("--use-averaged-model", type=str2bool, default=True,
-      help="Average over every batch between two checkpoints --avg apart, using their "
-           "running averages (model_avg).")
-    a("--exp-dir", type=Path, default=Path(exp_dir), help="The experiment folder.")
-    a("--trust-checkpoint", type=str2bool, default=False,
-      help="Allow checkpoints that need full unpickling (only for files you trust).")
 
 
 def checkpoint_suffix(params: Mapping[str, Any]) -> str:
@@ -139,9 +120,3 @@ def load_model(params: Mapping[str, Any], device: torch.device | str = "cpu") ->
     logging.info(f"Using {source}; adapters {adapters}; "
                  f"{sum(p.numel() for p in model.parameters())} parameters")
     return model.to(device).eval()
-
-
-def set_model_dims_from_bpe(params: dict[str, Any], sp) -> None:
-    """vocab_size and blank_id from the BPE model, as icefall recipes set them."""
-    params["vocab_size"] = sp.get_piece_size()
-    params["blank_id"] = sp.piece_to_id("<blk>")

@@ -11,21 +11,22 @@ TensorBoard scalars. Differences that an icefall user may notice:
 - a batch whose loss is not finite is skipped and counted instead of stopping training;
 - validation also runs at the end of every epoch;
 - ``--train-cuts``/``--valid-cuts``/``--mux-cuts`` name the manifests explicitly.
+
+Flags and ``main`` are in :mod:`icefall.cli.train`; everything here takes ``params``
+(an AttributeDict of the flag values, icefall's style).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,14 +35,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: N817 (PyTo
 
 from icefall.amp import (
     GradScaleGuard,
-    GradScaleTooSmallError,
     Precision,
     check_precision_flags,
     choose_precision,
     make_grad_scaler,
 )
 from icefall.checkpoint import (
-    CheckpointError,
     check_state_dict_fits,
     load_checkpoint_file,
     model_state_from,
@@ -49,9 +48,9 @@ from icefall.checkpoint import (
     save_checkpoint,
     update_averaged_model,
 )
-from icefall.cli.flags import str2bool
 from icefall.data import AsrDataModule, encode, filter_cuts, load_bpe_model, load_cuts
 from icefall.data.manifests import check_manifest, count_cuts
+from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.dist import (
     cleanup_dist,
     configure_threads,
@@ -72,8 +71,6 @@ from icefall.optim import Eden, ScaledAdam, get_parameter_groups_with_lrs
 from icefall.utils import AttributeDict, setup_logger
 from icefall.zipformer import (
     adapter_parameters,
-    add_adapter_arguments,
-    add_model_arguments,
     get_model,
     model_config,
     set_adapter_training,
@@ -85,125 +82,6 @@ from icefall.zipformer.scaling import (
     give_host_feedback,
     take_host_feedback,
 )
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What differs between the recipes: flag defaults only."""
-
-    name: str
-    exp_dir: str
-    use_adapters: bool
-    do_finetune: bool
-    train_cuts: str
-    valid_cuts: str
-    mux_cuts: str
-
-
-BASE_RECIPE = Recipe(
-    name="zipformer", exp_dir="zipformer/exp", use_adapters=False, do_finetune=False,
-    train_cuts="librispeech_cuts_train-all-shuf.jsonl.gz",
-    valid_cuts="librispeech_cuts_dev-clean.jsonl.gz,librispeech_cuts_dev-other.jsonl.gz",
-    mux_cuts="")
-ADAPTER_RECIPE = Recipe(
-    name="zipformer_adapter", exp_dir="zipformer_adapter/exp", use_adapters=True,
-    do_finetune=True, train_cuts="gigaspeech_cuts_S.jsonl.gz",
-    valid_cuts="gigaspeech_cuts_DEV.jsonl.gz",
-    mux_cuts="librispeech_cuts_train-all-shuf.jsonl.gz")
-
-
-# ---------------------------------------------------------------------------------------
-# Flags
-# ---------------------------------------------------------------------------------------
-
-
-def add_training_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> None:
-    """icefall's training flags with its defaults (and a few for short runs)."""
-    a = parser.add_argument
-    a("--world-size", type=int, default=1, help="Number of processes (GPUs) for DDP.")
-    a("--master-port", type=int, default=12354, help="Master port for DDP.")
-    a("--tensorboard", type=str2bool, default=True, help="Write TensorBoard scalars.")
-    a("--num-epochs", type=int, default=30, help="Number of epochs to train.")
-    a("--start-epoch", type=int, default=1,
-      help="Resume from exp-dir/epoch-{start_epoch-1}.pt when larger than 1.")
-    a("--start-batch", type=int, default=0,
-      help="If positive, resume exactly from exp-dir/checkpoint-{start_batch}.pt.")
-    a("--exp-dir", type=Path, default=Path(recipe.exp_dir),
-      help="Folder of checkpoints, logs and TensorBoard files.")
-    a("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
-      help="Path to the BPE model.")
-    a("--base-lr", type=float, default=0.045, help="The base learning rate.")
-    a("--lr-batches", type=float, default=7500,
-      help="Batches over which the learning rate decays (Eden).")
-    a("--lr-epochs", type=float, default=3.5,
-      help="Epochs over which the learning rate decays (Eden).")
-    a("--lr-warmup-batches", type=float, default=500.0,
-      help="Eden's linear warm-up of the learning rate, in batches.")
-    a("--ref-duration", type=float, default=600,
-      help="Reference batch duration (s) for the model's internal schedules: they advance "
-           "by max-duration * world-size / ref-duration per batch.")
-    a("--prune-range", type=int, default=5, help="Symbols kept per frame by pruning.")
-    a("--lm-scale", type=float, default=0.25, help="LM smoothing of the simple loss.")
-    a("--am-scale", type=float, default=0.0, help="AM smoothing of the simple loss.")
-    a("--simple-loss-scale", type=float, default=0.5,
-      help="Weight of the simple loss after --warm-step batches.")
-    a("--ctc-loss-scale", type=float, default=0.2, help="Weight of the CTC loss.")
-    a("--warm-step", type=int, default=2000,
-      help="Batches over which the simple loss weight falls from 1 and the pruned "
-           "loss weight rises from 0.1.")
-    a("--seed", type=int, default=42, help="Seed of all random generators.")
-    a("--deterministic", type=str2bool, default=False,
-      help="Deterministic algorithms (slower on GPUs): a rerun or a resumed run ends with "
-           "the same parameters, to the bit, on the same machine.")
-    a("--inf-check", type=str2bool, default=False,
-      help="Add hooks that report non-finite module outputs and gradients.")
-    a("--save-every-n", type=int, default=4000,
-      help="Save exp-dir/checkpoint-B.pt every this many batches.")
-    a("--keep-last-k", type=int, default=30, help="Keep this many checkpoint-B.pt files.")
-    a("--average-period", type=int, default=200,
-      help="Update the running model average (model_avg) every this many batches.")
-    a("--use-fp16", type=str2bool, default=False,
-      help="Mixed precision: float16 autocast with icefall's grad-scale management; CUDA "
-           "only (float32 on a CPU).")
-    a("--use-bf16", type=str2bool, default=False,
-      help="Mixed precision: bfloat16 autocast, no grad scaler (A100/H100/H200, and CPUs).")
-    a("--log-interval", type=int, default=50, help="Log progress every this many batches.")
-    a("--reset-interval", type=int, default=200, help="Decay time (batches) of tot_loss.")
-    a("--valid-interval", type=int, default=3000,
-      help="Validate every this many batches (and at the end of every epoch).")
-    a("--train-cuts", type=str, default=recipe.train_cuts,
-      help="Training manifests in --manifest-dir, comma-separated.")
-    a("--valid-cuts", type=str, default=recipe.valid_cuts,
-      help="Validation manifests in --manifest-dir, comma-separated.")
-    a("--mux-cuts", type=str, default=recipe.mux_cuts,
-      help="With --use-mux 1: original-domain training manifests mixed into training.")
-    a("--trust-checkpoint", type=str2bool, default=False,
-      help="Allow checkpoints that need full unpickling (only for files you trust).")
-    a("--adapter-min-rms", type=float, default=0.01,
-      help="ScaledAdam's param_min_rms for adapter parameters: the smallest scale their "
-           "updates are sized by, so that zero-initialised adapters can grow.")
-
-
-def add_finetune_arguments(parser: argparse.ArgumentParser, recipe: Recipe) -> None:
-    """--do-finetune, --finetune-ckpt, --init-modules (zipformer_adapter's flags)."""
-    parser.add_argument("--do-finetune", type=str2bool, default=recipe.do_finetune,
-                        help="Initialise from --finetune-ckpt. Set 0 to resume a "
-                             "fine-tuning run with --start-epoch/--start-batch.")
-    parser.add_argument("--finetune-ckpt", type=Path, default=None,
-                        help="Checkpoint to fine-tune from ({'model': state_dict}).")
-    parser.add_argument("--init-modules", type=str, default=None,
-                        help="Comma-separated module prefixes to initialise from "
-                             "--finetune-ckpt (e.g. 'encoder,joiner'); default: all.")
-
-
-def get_parser(recipe: Recipe) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_training_arguments(parser, recipe)
-    add_model_arguments(parser)
-    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
-    add_finetune_arguments(parser, recipe)
-    AsrDataModule.add_arguments(parser)
-    return parser
 
 
 def get_params() -> AttributeDict:
@@ -816,7 +694,7 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
     """Builds everything and runs the epochs (called on every rank)."""
     fix_random_seed(params.seed)
     sp = load_bpe_model(params.bpe_model)
-    params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
+    set_model_dims_from_bpe(params, sp)
     st, checkpoint = make_train_state(params, rank, world_size, device, sp)
     resume_mid_epoch = params.start_batch > 0 and checkpoint is not None
     sampler_state = checkpoint.get("sampler") if resume_mid_epoch else None
@@ -842,10 +720,9 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
                                  if st.scaler.is_enabled() else "") + ".")
 
 
-def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
-    """Entry point of one process."""
-    params = get_params()
-    params.update(vars(args))
+def run_rank(rank: int, world_size: int, params: AttributeDict) -> None:
+    """Entry point of one process (:func:`icefall.dist.launch` starts one per rank)."""
+    params = AttributeDict(get_params(), **params)
     params.world_size = world_size
     setup_logger(Path(params.exp_dir) / "log" / "log-train", rank=rank)
     configure_threads(world_size)
@@ -858,58 +735,48 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         cleanup_dist()
 
 
-def set_mux_weights(args: argparse.Namespace) -> None:
+def set_mux_weights(params: AttributeDict) -> None:
     """With --use-mux and no --mux-weights: the cut counts of both manifests, counted once
     here (not on every rank), as icefall's weights are (every cut equally likely)."""
-    if not args.use_mux or args.mux_weights:
+    if not params.use_mux or params.mux_weights:
         return
-    params = AttributeDict(vars(args))
-    new = count_cuts(_manifest_paths(params, args.train_cuts))
-    orig = count_cuts(_manifest_paths(params, args.mux_cuts))
-    args.mux_weights = f"{new},{orig}"
-    logging.info(f"--mux-weights {args.mux_weights} (the manifests' cut counts)")
+    new = count_cuts(_manifest_paths(params, params.train_cuts))
+    orig = count_cuts(_manifest_paths(params, params.mux_cuts))
+    params.mux_weights = f"{new},{orig}"
+    logging.info(f"--mux-weights {params.mux_weights} (the manifests' cut counts)")
 
 
-def preflight(args: argparse.Namespace) -> None:
+def check_training_inputs(params: AttributeDict) -> None:
     """Checks the user's files before any process starts, so that a bad path or a
     checkpoint that does not fit the flags is one clear error, not a traceback."""
-    check_precision_flags(args.use_fp16, args.use_bf16, default_device())
-    load_bpe_model(args.bpe_model)
-    params = AttributeDict(get_params(), **vars(args))
-    for names in (args.train_cuts, args.valid_cuts) + ((args.mux_cuts,) if args.use_mux else ()):
+    check_precision_flags(params.use_fp16, params.use_bf16, default_device())
+    sp = load_bpe_model(params.bpe_model)
+    for names in (params.train_cuts, params.valid_cuts) + \
+            ((params.mux_cuts,) if params.use_mux else ()):
         for p in _manifest_paths(params, names):
             check_manifest(p)
     resume = resume_filename(params)
-    if resume is None and not (args.do_finetune and args.finetune_ckpt):
+    if resume is None and not (params.do_finetune and params.finetune_ckpt):
         return
-    sp = load_bpe_model(args.bpe_model)
-    params.vocab_size, params.blank_id = sp.get_piece_size(), sp.piece_to_id("<blk>")
+    params = AttributeDict(get_params(), **params)
+    set_model_dims_from_bpe(params, sp)
     with torch.device("meta"):
         model = get_model(params)
     if resume is not None:
-        data = load_checkpoint_file(resume, allow_unsafe=args.trust_checkpoint)
+        data = load_checkpoint_file(resume, allow_unsafe=params.trust_checkpoint)
         check_state_dict_fits(model, model_state_from(data, resume), resume)
-    elif args.do_finetune:
-        finetune_state(model, args.finetune_ckpt, args.init_modules,
-                       allow_unsafe=args.trust_checkpoint)
+    elif params.do_finetune:
+        finetune_state(model, params.finetune_ckpt, params.init_modules,
+                       allow_unsafe=params.trust_checkpoint)
 
 
-def _exit_with_error(e: Exception) -> NoReturn:
-    """One line on stderr naming the script and the problem; exit status 1."""
-    print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-    sys.exit(1)
+def prepare_training(params: AttributeDict) -> None:
+    """What runs once before the ranks start: the exp-dir, the input checks, mux weights."""
+    Path(params.exp_dir).mkdir(parents=True, exist_ok=True)
+    check_training_inputs(params)
+    set_mux_weights(params)
 
 
-def main(recipe: Recipe, argv: list[str] | None = None) -> None:
-    """Parses flags, checks inputs, and trains on --world-size processes (or torchrun's)."""
-    args = get_parser(recipe).parse_args(argv)
-    Path(args.exp_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        preflight(args)
-        set_mux_weights(args)
-    except (ValueError, OSError, CheckpointError) as e:
-        _exit_with_error(e)
-    try:
-        launch(run, args.world_size, args)
-    except (TrainingDataError, GradScaleTooSmallError, BatchOutOfMemoryError) as e:
-        _exit_with_error(e)  # user errors found once training has started
+def launch_training(params: AttributeDict) -> None:
+    """Trains on --world-size processes (or as one rank of torchrun's)."""
+    launch(run_rank, params.world_size, params)

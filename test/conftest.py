@@ -85,24 +85,24 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def base_run(corpus, tmp_path_factory):
     """exp dir of a 2-epoch base model trained on domain A by zipformer/train.py."""
-    from runs import train_args
+    from runs import BASE, train_args
 
-    from icefall.trainer import BASE_RECIPE, main
+    from icefall.cli.train import main
 
     exp = tmp_path_factory.mktemp("base")
-    main(BASE_RECIPE, train_args(corpus, exp, "a", 8))
+    main(BASE.train, train_args(corpus, exp, "a", 8))
     return exp
 
 
 @pytest.fixture(scope="session")
 def adapter_run(corpus, base_run, tmp_path_factory):
     """exp dir of adapters (dim 8) fine-tuned on domain B from base_run's epoch-8.pt."""
-    from runs import train_args
+    from runs import ADAPTER, train_args
 
-    from icefall.trainer import ADAPTER_RECIPE, main
+    from icefall.cli.train import main
 
     exp = tmp_path_factory.mktemp("adapt")
-    main(ADAPTER_RECIPE, train_args(corpus, exp, "b", 2, "--do-finetune", "1",
+    main(ADAPTER.train, train_args(corpus, exp, "b", 2, "--do-finetune", "1",
                                     "--finetune-ckpt", str(base_run / "epoch-8.pt"),
                                     "--use-adapters", "1", "--adapter-dim", "8"))
     return exp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,19 @@ from pathlib import Path
 from conftest import ROOT, TRAIN_MODEL
 
 RECIPES = ROOT / "egs" / "librispeech" / "ASR"
+
+
+def _load_recipes():
+    """egs/librispeech/ASR/recipes.py: the two recipes' defaults (as their scripts load it)."""
+    spec = importlib.util.spec_from_file_location("librispeech_recipes", RECIPES / "recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+_RECIPES = _load_recipes()
+BASE, ADAPTER = _RECIPES.BASE, _RECIPES.ADAPTER
 
 
 def model_flags(adapter_dim: int | None = None) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import one_error_line, run_script, train_args
+from runs import BASE, one_error_line, run_script, train_args
 
 from icefall.amp import (
     GradScaleGuard,
@@ -21,13 +21,11 @@ from icefall.amp import (
     choose_precision,
 )
 from icefall.checkpoint import load_checkpoint_file, update_averaged_model
+from icefall.cli.train import get_parser, main
 from icefall.data import load_bpe_model
 from icefall.trainer import (
-    BASE_RECIPE,
     get_params,
-    get_parser,
     get_rng_state,
-    main,
     make_dataloaders,
     make_train_state,
     scan_pessimistic_batches,
@@ -96,7 +94,7 @@ def test_both_precisions_is_one_clear_line(corpus, tmp_path):
 def test_bf16_training_on_cpu_learns(corpus, tmp_path):
     """bfloat16 autocast on a CPU (slow there: 16 cuts, trained on and validated on)."""
     exp = tmp_path / "bf16"
-    main(BASE_RECIPE, train_args(corpus, exp, "a", 3, "--use-bf16", "1", "--train-cuts",
+    main(BASE.train, train_args(corpus, exp, "a", 3, "--use-bf16", "1", "--train-cuts",
                                  "doma_cuts_valid.jsonl.gz", "--drop-last", "0"))
     log = (exp / "log" / "log-train").read_text()
     assert "Training in autocast torch.bfloat16 on cpu" in log
@@ -131,7 +129,7 @@ def test_inf_check_warns_naming_modules_and_training_skips_the_batch(corpus, tmp
     exp = tmp_path / "exp"
     args = train_args(corpus, exp, "a", 1, "--inf-check", "1")
     args[args.index("--manifest-dir") + 1] = str(manifest_dir)
-    main(BASE_RECIPE, args)
+    main(BASE.train, args)
     log = (exp / "log" / "log-train").read_text()
     assert "The sum of encoder_embed" in log and "is not finite" in log
     assert "Non-finite loss at batch" in log or "Non-finite gradients at batch" in log
@@ -186,7 +184,7 @@ def test_checkpoint_written_on_a_gpu_resumes_on_a_cpu(corpus, base_run, tmp_path
     assert b"cuda:0" in (exp / "epoch-1.pt").read_bytes()
     data = load_checkpoint_file(exp / "epoch-1.pt")
     assert all(v.device.type == "cpu" for v in data["model"].values())
-    main(BASE_RECIPE, train_args(corpus, exp, "a", 2, "--start-epoch", "2"))
+    main(BASE.train, train_args(corpus, exp, "a", 2, "--start-epoch", "2"))
     assert b"cuda" not in (exp / "epoch-2.pt").read_bytes()
     ckpt = load_checkpoint_file(exp / "epoch-2.pt")
     assert ckpt["params"]["batch_idx_train"] > data["params"]["batch_idx_train"]
@@ -202,7 +200,7 @@ def test_rng_state_restores_here_and_ignores_cuda_state_without_a_gpu():
 
 
 def _state_for(corpus, tmp_path):
-    args = get_parser(BASE_RECIPE).parse_args(train_args(corpus, tmp_path, "a", 1))
+    args = get_parser(BASE.train).parse_args(train_args(corpus, tmp_path, "a", 1))
     params = get_params()
     params.update(vars(args))
     params.world_size = 1

@@ -26,6 +26,7 @@ from lhotse import (
 )
 from lhotse.features.io import LilcomChunkyWriter
 
+from icefall.cli.dataloading import add_dataloading_arguments
 from icefall.data import (
     AsrDataModule,
     CutFilter,
@@ -356,10 +357,10 @@ def test_normalize_text_librispeech_form():
     assert [c.supervisions[0].text for c in normalized] == ["IT'S FINE"]
 
 
-def test_add_arguments_has_icefall_defaults_and_keeps_recipe_flags():
+def test_data_flags_have_icefall_defaults_and_keep_recipe_flags():
     parser = argparse.ArgumentParser()
     parser.add_argument("--use-mux", type=int, default=7)  # defined by the recipe itself
-    AsrDataModule.add_arguments(parser)
+    add_dataloading_arguments(parser)
     a = parser.parse_args([])
     assert a.manifest_dir == Path("data/fbank") and a.max_duration == 200.0
     assert a.bucketing_sampler and a.num_buckets == 30 and not a.concatenate_cuts
@@ -369,3 +370,14 @@ def test_add_arguments_has_icefall_defaults_and_keeps_recipe_flags():
     assert a.input_strategy == "PrecomputedFeatures" and a.use_mux == 7
     assert parser.parse_args(["--bucketing-sampler", "0"]).bucketing_sampler is False
     assert math.isclose(parser.parse_args(["--max-duration", "12.5"]).max_duration, 12.5)
+
+
+def test_data_module_defaults_are_the_flags_defaults():
+    """The library's DATA_DEFAULTS and the command line's defaults are one set of values."""
+    from icefall.data.datamodule import DATA_DEFAULTS
+
+    parser = argparse.ArgumentParser()
+    add_dataloading_arguments(parser)
+    assert vars(parser.parse_args([])) == DATA_DEFAULTS
+    assert vars(AsrDataModule({"max_duration": 5.0}).args) == {**DATA_DEFAULTS,
+                                                               "max_duration": 5.0}

@@ -12,11 +12,11 @@ import soundfile as sf
 import torch
 from conftest import TRAIN_MODEL
 from corpus import WORDS, word_patterns
-from runs import decode_args, model_flags, one_error_line, run_script
+from runs import ADAPTER, BASE, decode_args, model_flags, one_error_line, run_script
 
 from icefall.checkpoint import load_checkpoint_file
+from icefall.cli.decode import main
 from icefall.data import encode, load_bpe_model
-from icefall.decode.recipe import ADAPTER_DECODE, BASE_DECODE, BASE_DECODE_GIGASPEECH, main
 from icefall.decode.report import parse_errs_file, read_transcripts, read_wer_summary
 from icefall.decode.search import greedy_search_batch, modified_beam_search
 from icefall.inference import select_state_dict
@@ -63,12 +63,12 @@ def test_overfit_model_decodes_its_training_utterances_exactly(corpus):
 
 
 def test_adapters_off_reproduce_the_base_model_exactly(corpus, base_run, adapter_run, tmp_path):
-    base = main(BASE_DECODE, decode_args(corpus, base_run, 8, "--res-dir",
+    base = main(BASE.decode, decode_args(corpus, base_run, 8, "--res-dir",
                                          str(tmp_path / "base")))
-    off = main(ADAPTER_DECODE, decode_args(corpus, adapter_run, 2, "--use-adapters", "0",
+    off = main(ADAPTER.decode, decode_args(corpus, adapter_run, 2, "--use-adapters", "0",
                                            "--adapter-dim", "8",
                                            "--res-dir", str(tmp_path / "off")))
-    on = main(ADAPTER_DECODE, decode_args(corpus, adapter_run, 2, "--use-adapters", "1",
+    on = main(ADAPTER.decode, decode_args(corpus, adapter_run, 2, "--use-adapters", "1",
                                           "--adapter-dim", "8",
                                           "--res-dir", str(tmp_path / "on")))
     for test_set in ("A", "B"):
@@ -80,7 +80,7 @@ def test_adapters_off_reproduce_the_base_model_exactly(corpus, base_run, adapter
 
 
 def test_report_files_agree_with_the_transcripts(corpus, base_run, tmp_path):
-    wers = main(BASE_DECODE, decode_args(corpus, base_run, 8, "--res-dir", str(tmp_path)))
+    wers = main(BASE.decode, decode_args(corpus, base_run, 8, "--res-dir", str(tmp_path)))
     for test_set in ("A", "B"):
         files = _reports(tmp_path, test_set)
         results = read_transcripts(files["recogs"])
@@ -117,10 +117,10 @@ def test_gigaspeech_scoring_normalises_references_and_hypotheses(corpus, base_ru
             sup = cut["supervisions"][0]
             sup["text"] = f"<SIL> UM {sup['text']} <COMMA>"
             fout.write(json.dumps(cut) + "\n")
-    plain = main(BASE_DECODE, decode_args(corpus, base_run, 8, "--res-dir",
+    plain = main(BASE.decode, decode_args(corpus, base_run, 8, "--res-dir",
                                           str(tmp_path / "plain"),
                                           sets="test=domb_cuts_valid.jsonl.gz"))
-    giga = main(BASE_DECODE_GIGASPEECH, decode_args(corpus, base_run, 8, "--res-dir",
+    giga = main(BASE.decode_gigaspeech, decode_args(corpus, base_run, 8, "--res-dir",
                                                     str(tmp_path / "giga"),
                                                     sets="test=gigatest_cuts_valid.jsonl.gz"))
     assert giga == plain

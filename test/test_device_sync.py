@@ -8,10 +8,11 @@ Every host read of a tensor made during a step must be either the step's one rea
 from __future__ import annotations
 
 import pytest
-from runs import train_args
+from runs import BASE, train_args
 from sync_probe import SyncProbe
 
 import icefall.trainer as trainer
+from icefall.cli.train import main as train_main
 
 # Reads of CPU tensors by design: lengths and boundaries are kept on the host.
 HOST_READS = {
@@ -44,7 +45,7 @@ def _probe_training(corpus, tmp_path, monkeypatch, *flags: str) -> tuple[SyncPro
                       "--average-period", "1000", "--save-every-n", "0",
                       "--valid-interval", "100000", *flags)
     with probe.installed():
-        trainer.main(trainer.BASE_RECIPE, args)
+        train_main(BASE.train, args)
     return probe, len(steps)
 
 

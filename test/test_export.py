@@ -21,17 +21,16 @@ import soundfile as sf
 import torch
 from conftest import ROOT, TRAIN_MODEL
 from lhotse import CutSet
-from runs import decode_args, model_flags, one_error_line, run_script
+from runs import BASE, decode_args, model_flags, one_error_line, run_script
 
 from icefall.checkpoint import save_checkpoint
+from icefall.cli.decode import main as decode_main
+from icefall.cli.decode import onnx_main as onnx_decode_main
+from icefall.cli.export import main as export_main
 from icefall.data import make_fbank_extractor
-from icefall.decode.recipe import BASE_DECODE
-from icefall.decode.recipe import main as decode_main
+from icefall.decode import onnx_runtime as rt
 from icefall.decode.report import read_transcripts, read_wer_summary
 from icefall.decode.search import greedy_search_batch
-from icefall.export import onnx_runtime as rt
-from icefall.export.decode import main as onnx_decode_main
-from icefall.export.onnx import main as export_main
 from icefall.inference import load_model
 from icefall.zipformer import get_model
 
@@ -225,7 +224,7 @@ def test_onnx_decode_writes_decode_pys_reports_and_int8_decodes(corpus, base_run
                                                                 tmp_path):
     files = base_onnx[1]
     sets = "A=doma_cuts_valid.jsonl.gz"
-    torch_wers = decode_main(BASE_DECODE, decode_args(corpus, base_run, 8, "--res-dir",
+    torch_wers = decode_main(BASE.decode, decode_args(corpus, base_run, 8, "--res-dir",
                                                       str(tmp_path / "torch"), sets=sets))
     common = ["--tokens", str(_tokens(corpus)), "--manifest-dir", str(corpus["manifest_dir"]),
               "--test-sets", sets, "--num-workers", "0", "--max-duration", "30"]
@@ -233,7 +232,7 @@ def test_onnx_decode_writes_decode_pys_reports_and_int8_decodes(corpus, base_run
     for kind in ("fp32", "int8"):
         enc, dec, join = ((files.encoder, files.decoder, files.joiner) if kind == "fp32" else
                           (files.encoder_int8, files.decoder_int8, files.joiner_int8))
-        wers[kind] = onnx_decode_main(BASE_DECODE, [
+        wers[kind] = onnx_decode_main(BASE.decode, [
             "--encoder-model-filename", str(enc), "--decoder-model-filename", str(dec),
             "--joiner-model-filename", str(join), "--res-dir", str(tmp_path / kind), *common])
     tag = "greedy_search-epoch-8-avg-1"
@@ -359,7 +358,7 @@ def corpus_words() -> set[str]:
 
 
 def test_onnx_runtime_module_needs_no_torch():
-    code = ("import sys, icefall.export.onnx_runtime; "
+    code = ("import sys, icefall.decode.onnx_runtime; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)

@@ -12,17 +12,14 @@ from pathlib import Path
 
 import torch
 from conftest import TRAIN_MODEL
-from runs import RECIPES, one_error_line, run_script, train_args
+from runs import ADAPTER, BASE, RECIPES, one_error_line, run_script, train_args
 
 from icefall.checkpoint import load_checkpoint_file
+from icefall.cli.train import get_parser, main
 from icefall.data import AsrDataModule, load_bpe_model, load_cuts
 from icefall.trainer import (
-    ADAPTER_RECIPE,
-    BASE_RECIPE,
     compute_loss,
     get_params,
-    get_parser,
-    main,
     make_optimizer,
     setup_trainable_parameters,
 )
@@ -84,11 +81,11 @@ def test_adapter_finetuning_keeps_the_base_bit_identical(corpus, base_run, adapt
 
 def test_resume_from_mid_epoch_checkpoint_is_exact(corpus, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    main(BASE_RECIPE, train_args(corpus, full, "a", 1, "--save-every-n", "2",
+    main(BASE.train, train_args(corpus, full, "a", 1, "--save-every-n", "2",
                                   "--enable-spec-aug", "1"))
     resumed.mkdir()
     shutil.copy(full / "checkpoint-2.pt", resumed / "checkpoint-2.pt")
-    main(BASE_RECIPE, train_args(corpus, resumed, "a", 1, "--start-batch", "2",
+    main(BASE.train, train_args(corpus, resumed, "a", 1, "--start-batch", "2",
                                   "--enable-spec-aug", "1"))
     a = load_checkpoint_file(full / "epoch-1.pt")
     b = load_checkpoint_file(resumed / "epoch-1.pt")
@@ -103,7 +100,7 @@ def test_resume_from_mid_epoch_checkpoint_is_exact(corpus, tmp_path):
 def test_ddp_on_cpu_keeps_ranks_identical(corpus, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     exp = tmp_path / "ddp"
-    main(BASE_RECIPE, train_args(corpus, exp, "a", 1, "--world-size", "2",
+    main(BASE.train, train_args(corpus, exp, "a", 1, "--world-size", "2",
                                  "--master-port", "29517",
                                  "--train-cuts", "doma_cuts_valid.jsonl.gz"))
     log = (exp / "log" / "log-train").read_text()
@@ -171,7 +168,7 @@ def _out_proj_rms_after_one_step(adapter_min_rms: float) -> float:
     """rms of every adapter's out_proj weight after one optimizer step from zero."""
     torch.manual_seed(0)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TRAIN_MODEL.items()]
-    args = get_parser(ADAPTER_RECIPE).parse_args(
+    args = get_parser(ADAPTER.train).parse_args(
         flags + ["--use-adapters=1", "--adapter-dim=8", f"--adapter-min-rms={adapter_min_rms}",
                  "--bpe-model=unused"])
     params = get_params()
@@ -205,7 +202,7 @@ def test_finetune_with_mux_init_modules_and_tensorboard(corpus, base_run, tmp_pa
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     exp = tmp_path / "ft"
-    main(ADAPTER_RECIPE, train_args(
+    main(ADAPTER.train, train_args(
         corpus, exp, "b", 1, "--do-finetune", "1", "--finetune-ckpt",
         str(base_run / "epoch-8.pt"), "--use-adapters", "0", "--init-modules", "encoder",
         "--use-mux", "1", "--mux-cuts", "doma_cuts_train.jsonl.gz", "--tensorboard", "1",
@@ -237,8 +234,9 @@ def test_mux_weights_are_the_manifests_cut_counts(corpus, tmp_path):
 
     from icefall.trainer import set_mux_weights
 
-    args = get_parser(ADAPTER_RECIPE).parse_args(train_args(
+    args = get_parser(ADAPTER.train).parse_args(train_args(
         corpus, tmp_path, "b", 1, "--use-mux", "1", "--mux-cuts", "doma_cuts_train.jsonl.gz"))
+    args = AttributeDict(vars(args))
     assert args.mux_weights == ""
     set_mux_weights(args)
     counts = [len(load_manifest(corpus["manifest_dir"] / f"dom{d}_cuts_train.jsonl.gz"))

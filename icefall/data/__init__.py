@@ -6,7 +6,6 @@ Everything here is shared by the base and adapter recipes; see each module's doc
 
 from icefall.data.datamodule import (
     AsrDataModule,
-    add_dataloading_arguments,
     mux_cuts,
     parse_mux_weights,
 )
@@ -42,7 +41,7 @@ from icefall.data.tokenizer import (
 
 __all__ = [
     "STORAGE_TYPES", "AsrDataModule", "CutFilter", "FilterStats", "ManifestError",
-    "add_dataloading_arguments", "add_fbank_arguments", "check_manifest", "compute_fbank",
+    "add_fbank_arguments", "check_manifest", "compute_fbank",
     "compute_fbank_for_part", "cuts_filename", "decode", "default_storage_type", "encode",
     "encode_pieces", "filter_cuts", "find_cuts", "is_gigaspeech_garbage",
     "kaldifeat_available", "load_bpe_model", "load_cuts", "make_fbank_extractor",

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
 from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -47,7 +49,6 @@ from lhotse.dataset.sampling.base import CutSampler
 from lhotse.utils import fix_random_seed
 from torch.utils.data import DataLoader
 
-from icefall.cli.flags import str2bool
 from icefall.data.fbank import make_fbank_extractor
 from icefall.data.manifests import cuts_filename, find_cuts, load_cuts
 
@@ -56,60 +57,28 @@ MUSAN_MANIFEST = "musan_cuts.jsonl.gz"
 EVAL_NUM_BUCKETS = 10  # lhotse's default, which icefall's valid/test samplers keep
 
 
-def _add(group: argparse._ArgumentGroup, parser: argparse.ArgumentParser, flag: str,
-         **kwargs) -> None:
-    """Adds ``flag`` unless the parser already has it (a recipe may define it itself)."""
-    if flag not in parser._option_string_actions:
-        group.add_argument(flag, **kwargs)
-
-
-def add_dataloading_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds icefall's data flags (and ``--use-mux``, ``--mux-weights``) to ``parser``."""
-    g = parser.add_argument_group(
-        title="ASR data related options",
-        description="How DataLoaders are built from lhotse CutSets: batch size, sampling, "
-                    "augmentation and features.")
-    _add(g, parser, "--manifest-dir", type=Path, default=Path("data/fbank"),
-         help="Folder of the <prefix>_cuts_<part>.jsonl.gz manifests (and musan_cuts).")
-    _add(g, parser, "--max-duration", type=float, default=200.0,
-         help="Maximum total duration (seconds) of the cuts in one batch.")
-    _add(g, parser, "--bucketing-sampler", type=str2bool, default=True,
-         help="Batch cuts of similar duration (DynamicBucketingSampler); "
-              "0 uses SimpleCutSampler.")
-    _add(g, parser, "--num-buckets", type=int, default=30,
-         help="Number of duration buckets of the DynamicBucketingSampler.")
-    _add(g, parser, "--concatenate-cuts", type=str2bool, default=False,
-         help="Concatenate cuts of a batch to reduce padding.")
-    _add(g, parser, "--duration-factor", type=float, default=1.0,
-         help="Longest concatenated cut, relative to the longest cut of the batch.")
-    _add(g, parser, "--gap", type=float, default=1.0,
-         help="Seconds of padding between concatenated cuts.")
-    _add(g, parser, "--on-the-fly-feats", type=str2bool, default=False,
-         help="Compute fbank features while loading instead of reading stored ones.")
-    _add(g, parser, "--shuffle", type=str2bool, default=True,
-         help="Shuffle the training cuts every epoch.")
-    _add(g, parser, "--drop-last", type=str2bool, default=True,
-         help="Drop the last, incomplete training batch.")
-    _add(g, parser, "--return-cuts", type=str2bool, default=True,
-         help="Put the cuts of each batch in batch['supervisions']['cut'].")
-    _add(g, parser, "--num-workers", type=int, default=2,
-         help="DataLoader worker processes.")
-    _add(g, parser, "--enable-spec-aug", type=str2bool, default=True,
-         help="Apply SpecAugment to training features.")
-    _add(g, parser, "--spec-aug-time-warp-factor", type=int, default=80,
-         help="SpecAugment time-warp factor; below 1 disables time warping.")
-    _add(g, parser, "--enable-musan", type=str2bool, default=True,
-         help="Mix MUSAN noise (manifest-dir/musan_cuts.jsonl.gz) into training cuts.")
-    _add(g, parser, "--input-strategy", type=str, default="PrecomputedFeatures",
-         choices=INPUT_STRATEGIES,
-         help="PrecomputedFeatures or OnTheFlyFeatures (features and their lengths), "
-              "AudioSamples (samples and their lengths).")
-    _add(g, parser, "--use-mux", type=str2bool, default=False,
-         help="Fine-tuning: mix original-domain cuts into the new-domain training cuts "
-              "(CutSet.mux) to keep the performance on the original domain.")
-    _add(g, parser, "--mux-weights", type=str, default="",
-         help="With --use-mux: 'NEW,ORIG' sampling weights; empty uses the cut counts, "
-              "so every cut is equally likely.")
+# Every option the data module reads, with icefall's defaults (the command line's data flags
+# take theirs from here: icefall.cli.dataloading).
+DATA_DEFAULTS: dict[str, Any] = {
+    "manifest_dir": Path("data/fbank"),
+    "max_duration": 200.0,
+    "bucketing_sampler": True,
+    "num_buckets": 30,
+    "concatenate_cuts": False,
+    "duration_factor": 1.0,
+    "gap": 1.0,
+    "on_the_fly_feats": False,
+    "shuffle": True,
+    "drop_last": True,
+    "return_cuts": True,
+    "num_workers": 2,
+    "enable_spec_aug": True,
+    "spec_aug_time_warp_factor": 80,
+    "enable_musan": True,
+    "input_strategy": "PrecomputedFeatures",
+    "use_mux": False,
+    "mux_weights": "",
+}
 
 
 def parse_mux_weights(s: str | None) -> list[float] | None:
@@ -171,32 +140,26 @@ class _SeedWorkers:
         fix_random_seed(self.seed + worker_id)
 
 
-def _with_defaults(args: argparse.Namespace | dict | None) -> argparse.Namespace:
-    """``args`` over the defaults of every data flag, so partial namespaces work too."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_dataloading_arguments(parser)
-    merged = vars(parser.parse_args([]))
+def _with_defaults(args: Mapping[str, Any] | argparse.Namespace | None) -> SimpleNamespace:
+    """``args`` over :data:`DATA_DEFAULTS`, so partial settings work too."""
+    merged = dict(DATA_DEFAULTS)
     if args is not None:
-        merged.update(args if isinstance(args, dict) else vars(args))
+        merged.update(vars(args) if isinstance(args, argparse.Namespace) else args)
     merged["manifest_dir"] = Path(merged["manifest_dir"])
-    return argparse.Namespace(**merged)
+    return SimpleNamespace(**merged)
 
 
 class AsrDataModule:
     """DataLoaders of training, validation and test cuts (see the module docstring).
 
     Args:
-      args: the parsed flags of :meth:`add_arguments` (an ``argparse.Namespace`` or a dict
-        such as icefall's ``AttributeDict`` of params); missing flags take their defaults.
+      args: the data settings (a dict such as icefall's ``AttributeDict`` of params, or an
+        ``argparse.Namespace`` of icefall.cli.dataloading's flags); missing ones take
+        :data:`DATA_DEFAULTS`.
     """
 
-    def __init__(self, args: argparse.Namespace | dict | None = None) -> None:
+    def __init__(self, args: Mapping[str, Any] | argparse.Namespace | None = None) -> None:
         self.args = _with_defaults(args)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Adds the data flags to ``parser`` (flags it already has are left alone)."""
-        add_dataloading_arguments(parser)
 
     # ----- building blocks -------------------------------------------------------------
 

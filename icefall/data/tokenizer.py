@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
@@ -146,3 +147,10 @@ def encode_pieces(sp: spm.SentencePieceProcessor, texts: Sequence[str]) -> list[
 def decode(sp: spm.SentencePieceProcessor, token_ids: Sequence[Sequence[int]]) -> list[str]:
     """Texts of token-id sequences (hypotheses from search); blanks must be removed first."""
     return [sp.decode(list(ids)) for ids in token_ids]
+
+
+def set_model_dims_from_bpe(params: MutableMapping[str, Any], sp: spm.SentencePieceProcessor
+                            ) -> None:
+    """vocab_size and blank_id from the BPE model, as icefall recipes set them."""
+    params["vocab_size"] = sp.get_piece_size()
+    params["blank_id"] = sp.piece_to_id("<blk>")

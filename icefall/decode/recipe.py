@@ -1,81 +1,38 @@
-"""decode.py and decode_gigaspeech.py of both recipes: one implementation.
+"""decode.py, decode_gigaspeech.py and onnx_decode.py of both recipes: one driver.
 
-For each test set, writes icefall's ``recogs-``, ``errs-`` and ``wer-summary-`` files to
-``<exp-dir>/<decoding-method>/`` and logs the ``For <set>, WER of different settings
-are:`` block. ``decode_gigaspeech.py`` first normalises references and hypotheses as
+For each test set (``NAME=MANIFEST`` pairs in ``manifest_dir``), the utterances are decoded
+batch by batch by a *batch decoder* (the PyTorch model with a search, or the exported model
+in ONNX Runtime), and icefall's ``recogs-``, ``errs-`` and ``wer-summary-`` files are
+written to the results folder, with the ``For <set>, WER of different settings are:`` log
+block. With GigaSpeech scoring, references and hypotheses are first normalised as
 GigaSpeech's scoring does (see :mod:`icefall.decode.gigaspeech_scoring`).
+
+Dimension legend: N = utterances of a batch, T = frames.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from lhotse import CutSet
 from torch import nn
 
-from icefall.checkpoint import CheckpointError
 from icefall.data import AsrDataModule, load_bpe_model, load_cuts
+from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.decode.gigaspeech_scoring import post_processing
 from icefall.decode.report import save_results
-from icefall.decode.search import DECODING_METHODS, decode_batch, decoding_key
-from icefall.inference import (
-    add_checkpoint_arguments,
-    checkpoint_suffix,
-    load_model,
-    set_model_dims_from_bpe,
-)
+from icefall.decode.search import decode_batch, decoding_key
+from icefall.inference import checkpoint_suffix, load_model
 from icefall.utils import setup_logger
-from icefall.zipformer import add_adapter_arguments, add_model_arguments
 
-Result = tuple[str, list[str], list[str]]
-
-
-@dataclass(frozen=True)
-class DecodeRecipe:
-    """Flag defaults of one decode script."""
-
-    exp_dir: str
-    use_adapters: bool
-    test_sets: str
-    gigaspeech_scoring: bool
-
-
-LIBRISPEECH_SETS = ("test-clean=librispeech_cuts_test-clean.jsonl.gz,"
-                    "test-other=librispeech_cuts_test-other.jsonl.gz")
-GIGASPEECH_SETS = "dev=gigaspeech_cuts_DEV.jsonl.gz,test=gigaspeech_cuts_TEST.jsonl.gz"
-
-
-def add_decoding_arguments(parser: argparse.ArgumentParser, recipe: DecodeRecipe) -> None:
-    a = parser.add_argument
-    a("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
-      help="Path to the BPE model.")
-    a("--decoding-method", type=str, default="greedy_search", choices=DECODING_METHODS,
-      help="Search; fast_beam_search needs k2.")
-    a("--beam-size", type=int, default=4, help="Beam size of (modified) beam search.")
-    a("--beam", type=float, default=20.0, help="fast_beam_search: beam.")
-    a("--max-contexts", type=int, default=8, help="fast_beam_search: max contexts.")
-    a("--max-states", type=int, default=64, help="fast_beam_search: max states.")
-    a("--max-sym-per-frame", type=int, default=1, help="greedy_search: symbols per frame.")
-    a("--blank-penalty", type=float, default=0.0, help="Subtracted from blank's logit.")
-    a("--test-sets", type=str, default=recipe.test_sets,
-      help="Comma-separated NAME=MANIFEST pairs (manifests in --manifest-dir).")
-    a("--res-dir", type=Path, default=None,
-      help="Where reports go; default <exp-dir>/<decoding-method>.")
-
-
-def get_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_checkpoint_arguments(parser, recipe.exp_dir)
-    add_decoding_arguments(parser, recipe)
-    add_model_arguments(parser)
-    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
-    AsrDataModule.add_arguments(parser)
-    return parser
+Result = tuple[str, list[str], list[str]]  # (cut id, reference words, hypothesis words)
+BatchDecoder = Callable[[dict], list[str]]  # a lhotse batch -> N hypothesis texts
 
 
 def parse_test_sets(value: str) -> list[tuple[str, str]]:
@@ -89,7 +46,58 @@ def parse_test_sets(value: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def results_suffix(params: dict[str, Any]) -> str:
+def load_test_sets(manifest_dir: str | Path, value: str) -> dict[str, CutSet]:
+    """The test sets of ``--test-sets`` (lazy), each checked to exist and hold a cut."""
+    sets = {}
+    for name, manifest in parse_test_sets(value):
+        path = Path(manifest_dir) / manifest
+        cuts = load_cuts(path)
+        if next(iter(cuts), None) is None:
+            raise ValueError(f"test set '{name}' ({path}) has no cuts")
+        sets[name] = cuts
+    return sets
+
+
+def decode_cuts(dl, decoder: BatchDecoder) -> tuple[list[Result], float]:
+    """(cut id, reference words, hypothesis words) of every utterance of a test
+    DataLoader, and the audio duration in seconds."""
+    results: list[Result] = []
+    duration = 0.0
+    for batch in dl:
+        cuts = batch["supervisions"]["cut"]
+        duration += sum(c.duration for c in cuts)
+        texts = decoder(batch)
+        for cut, ref, hyp in zip(cuts, batch["supervisions"]["text"], texts):
+            results.append((cut.id, ref.split(), hyp.split()))
+    return results, duration
+
+
+def decode_test_sets(params: Mapping[str, Any], decoder: BatchDecoder, res_dir: Path,
+                     key: str, suffix: str, gigaspeech_scoring: bool
+                     ) -> dict[str, list[tuple[str, float]]]:
+    """Decodes every test set of ``params["test_sets"]`` and writes its reports to
+    ``res_dir``; returns {test set: [(key, WER)]}."""
+    cuts = load_test_sets(params["manifest_dir"], params["test_sets"])
+    setup_logger(Path(res_dir) / f"log-decode-{suffix}")
+    dm = AsrDataModule({**params, "return_cuts": True})
+    wers = {}
+    for name, c in cuts.items():
+        start = time.time()
+        results, duration = decode_cuts(dm.test_dataloaders(c), decoder)
+        elapsed = time.time() - start
+        logging.info(f"{name}: {elapsed:.3f} s for {duration:.3f} s of audio, "
+                     f"RTF {elapsed / max(duration, 1e-9):.4f}")
+        if gigaspeech_scoring:
+            results = post_processing(results)
+        wers[name] = save_results(res_dir, name, {key: results}, suffix=suffix)
+    logging.info("Done!")
+    return wers
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+
+def results_suffix(params: Mapping[str, Any]) -> str:
     """icefall's ``params.suffix``: the model tag plus the search settings."""
     suffix = checkpoint_suffix(params)
     if params["decoding_method"] in ("beam_search", "modified_beam_search"):
@@ -100,13 +108,13 @@ def results_suffix(params: dict[str, Any]) -> str:
     return suffix
 
 
-def decode_dataset(dl, params: dict[str, Any], model: nn.Module, sp) -> list[Result]:
-    """(cut_id, ref_words, hyp_words) for every utterance of a test DataLoader."""
+def pytorch_decoder(model: nn.Module, sp, params: Mapping[str, Any]) -> BatchDecoder:
+    """A batch decoder running ``model``'s encoder and the search of ``params``."""
     device = next(model.parameters()).device
-    results: list[Result] = []
-    for batch in dl:
-        feats = batch["inputs"].to(device, non_blocking=True)
-        lens = batch["supervisions"]["num_frames"]  # the model reads them on the host
+
+    def decode(batch: dict) -> list[str]:
+        feats = batch["inputs"].to(device, non_blocking=True)  # (N, T, 80)
+        lens = batch["supervisions"]["num_frames"]  # (N,), the model reads them on the host
         with torch.no_grad():
             enc, enc_lens = model.forward_encoder(feats, lens)
             hyps = decode_batch(model, enc, enc_lens, params["decoding_method"],
@@ -115,58 +123,68 @@ def decode_dataset(dl, params: dict[str, Any], model: nn.Module, sp) -> list[Res
                                 blank_penalty=params["blank_penalty"], beam=params["beam"],
                                 max_contexts=params["max_contexts"],
                                 max_states=params["max_states"])
-        texts = sp.decode(hyps)
-        cut_ids = [c.id for c in batch["supervisions"]["cut"]]
-        for cid, ref, hyp in zip(cut_ids, batch["supervisions"]["text"], texts):
-            results.append((cid, ref.split(), hyp.split()))
-    return results
+        return sp.decode(hyps)
+
+    return decode
 
 
-def _check_not_empty(cuts, name: str, path: Path) -> None:
-    if next(iter(cuts), None) is None:
-        raise ValueError(f"test set '{name}' ({path}) has no cuts")
-
-
-def run(recipe: DecodeRecipe, args: argparse.Namespace) -> dict[str, list[tuple[str, float]]]:
-    """Decodes every test set; returns {test set: [(key, WER)]}."""
-    params = dict(vars(args))
-    params["return_cuts"] = True
+def decode_checkpoint(params: Mapping[str, Any], gigaspeech_scoring: bool
+                      ) -> dict[str, list[tuple[str, float]]]:
+    """decode.py: the checkpoint model chosen by the flags in ``params`` on every test set
+    (on the first GPU when there is one); returns {test set: [(key, WER)]}."""
+    params = dict(params)
     sp = load_bpe_model(params["bpe_model"])
     set_model_dims_from_bpe(params, sp)
-    test_sets = parse_test_sets(params["test_sets"])
-    manifests = {n: Path(params["manifest_dir"]) / m for n, m in test_sets}
-    cuts = {n: load_cuts(p) for n, p in manifests.items()}
-    for n, c in cuts.items():
-        _check_not_empty(c, n, manifests[n])
+    load_test_sets(params["manifest_dir"], params["test_sets"])  # fail before the model
     res_dir = params["res_dir"] or Path(params["exp_dir"]) / params["decoding_method"]
     suffix = results_suffix(params)
-    setup_logger(Path(res_dir) / f"log-decode-{suffix}")
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     model = load_model(params, device)
-    dm = AsrDataModule(params)
     key = decoding_key(params["decoding_method"], params["beam_size"], params["beam"],
                        params["max_contexts"], params["max_states"])
-    wers = {}
-    for name, c in cuts.items():
-        results = decode_dataset(dm.test_dataloaders(c), params, model, sp)
-        if recipe.gigaspeech_scoring:
-            results = post_processing(results)
-        wers[name] = save_results(res_dir, name, {key: results}, suffix=f"{key}-{suffix}")
-    logging.info("Done!")
-    return wers
+    return decode_test_sets(params, pytorch_decoder(model, sp, params), res_dir, key,
+                            f"{key}-{suffix}", gigaspeech_scoring)
 
 
-def main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
-    """Parses flags and decodes; bad input is one line on stderr and exit status 1."""
-    args = get_parser(recipe).parse_args(argv)
-    try:
-        return run(recipe, args)
-    except (ValueError, OSError, CheckpointError, ImportError) as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+# ----------------------------------------------------------------------------- ONNX Runtime
 
 
-BASE_DECODE = DecodeRecipe("zipformer/exp", False, LIBRISPEECH_SETS, False)
-BASE_DECODE_GIGASPEECH = DecodeRecipe("zipformer/exp", False, GIGASPEECH_SETS, True)
-ADAPTER_DECODE = DecodeRecipe("zipformer_adapter/exp", True, LIBRISPEECH_SETS, False)
-ADAPTER_DECODE_GIGASPEECH = DecodeRecipe("zipformer_adapter/exp", True, GIGASPEECH_SETS, True)
+def model_tag(encoder_filename: str | Path) -> str:
+    """``encoder-epoch-99-avg-1.int8.onnx`` -> ``epoch-99-avg-1.int8``."""
+    name = Path(encoder_filename).name
+    name = name[: -len(".onnx")] if name.endswith(".onnx") else name
+    return name[len("encoder-"):] if name.startswith("encoder-") else name
+
+
+def onnx_decoder(model, tokens: list[str], blank_penalty: float = 0.0) -> BatchDecoder:
+    """A batch decoder running the exported model in ONNX Runtime with sherpa-onnx's
+    greedy search (:mod:`icefall.decode.onnx_runtime`)."""
+    from icefall.decode import onnx_runtime as rt
+
+    unk_id = rt.token_id(tokens, "<unk>")
+
+    def decode(batch: dict) -> list[str]:
+        x = batch["inputs"].numpy().astype(np.float32)  # (N, T, F)
+        x_lens = batch["supervisions"]["num_frames"].numpy().astype(np.int64)  # (N,)
+        enc, enc_lens = model.run_encoder(x, x_lens)
+        hyps = rt.greedy_search(model, enc, enc_lens, blank_penalty=blank_penalty,
+                                unk_id=unk_id)
+        return [rt.tokens_to_text(h, tokens) for h in hyps]
+
+    return decode
+
+
+def decode_onnx(params: Mapping[str, Any]) -> dict[str, list[tuple[str, float]]]:
+    """onnx_decode.py: the exported files of ``params`` on every test set; reports go to
+    ``<exp-dir>/onnx-greedy_search/`` unless ``res_dir`` is given."""
+    from icefall.decode.onnx_runtime import load_onnx_model
+
+    load_test_sets(params["manifest_dir"], params["test_sets"])  # fail before the model
+    model, tokens = load_onnx_model(
+        params["encoder_model_filename"], params["decoder_model_filename"],
+        params["joiner_model_filename"], params["tokens"], params["num_threads"])
+    key = params["decoding_method"]
+    res_dir = params["res_dir"] or Path(params["exp_dir"]) / f"onnx-{key}"
+    suffix = f"{key}-{model_tag(params['encoder_model_filename'])}"
+    return decode_test_sets(params, onnx_decoder(model, tokens, params["blank_penalty"]),
+                            res_dir, key, suffix, params["gigaspeech_scoring"])

@@ -1,54 +1,32 @@
-"""pretrained.py: transcribe sound files with a checkpoint and a BPE model.
+"""Transcribing sound files with a checkpoint and a BPE model (pretrained.py).
 
 Features are 80-bin kaldi-compatible fbank at 16 kHz (lhotse's ``Fbank``, the same
-extractor as training; kaldifeat's when it imports). Prints ``<file>: <text>`` per file.
+extractor as training; kaldifeat's when it imports).
 
 Dimension legend: N = files, T = frames, S = samples.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from icefall.checkpoint import CheckpointError, load_checkpoint_file, model_state_from
-from icefall.cli.flags import str2bool
+from icefall.audio import read_sound_file as read_samples
+from icefall.checkpoint import load_checkpoint_file, model_state_from, strip_ddp_prefix
 from icefall.data import load_bpe_model, make_fbank_extractor
-from icefall.decode.search import DECODING_METHODS, decode_batch
-from icefall.export.onnx_runtime import read_sound_file as read_samples
-from icefall.finetune import strip_ddp_prefix
-from icefall.inference import model_from_state, set_model_dims_from_bpe
-from icefall.zipformer import add_adapter_arguments, add_model_arguments
-
-
-def get_parser(use_adapters_default: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = parser.add_argument
-    a("--checkpoint", type=Path, required=True,
-      help="A checkpoint with a 'model' state dict (pretrained.pt, epoch-N.pt, ...).")
-    a("--bpe-model", type=Path, required=True, help="Path to the BPE model.")
-    a("--method", type=str, default="greedy_search", choices=DECODING_METHODS,
-      help="Decoding method.")
-    a("--sample-rate", type=int, default=16000, help="Sample rate of the model's features.")
-    a("--beam-size", type=int, default=4, help="Beam size of (modified) beam search.")
-    a("--max-sym-per-frame", type=int, default=1, help="greedy_search: symbols per frame.")
-    a("--trust-checkpoint", type=str2bool, default=False,
-      help="Allow checkpoints that need full unpickling (only for files you trust).")
-    a("sound_files", type=Path, nargs="+", help="Sound files (any format libsndfile reads).")
-    add_model_arguments(parser)
-    add_adapter_arguments(parser, use_adapters_default=use_adapters_default)
-    return parser
+from icefall.data.tokenizer import set_model_dims_from_bpe
+from icefall.decode.search import decode_batch
+from icefall.inference import model_from_state
 
 
 def read_sound_file(path: Path, sample_rate: int) -> Tensor:
     """Mono float32 samples (S,) of ``path`` at ``sample_rate`` (see
-    :func:`icefall.export.onnx_runtime.read_sound_file`, the torch-free reader)."""
+    :func:`icefall.audio.read_sound_file`, the torch-free reader)."""
     return torch.from_numpy(read_samples(path, sample_rate))
 
 
@@ -77,27 +55,15 @@ def transcribe(model: nn.Module, sp, waves: list[Tensor], sample_rate: int, meth
     return sp.decode(hyps)
 
 
-def run(args: argparse.Namespace) -> list[str]:
-    params = dict(vars(args))
-    sp = load_bpe_model(args.bpe_model)
+def transcribe_files(params: Mapping[str, Any]) -> list[str]:
+    """pretrained.py: the text of each of ``params["sound_files"]`` with the checkpoint
+    ``params["checkpoint"]`` and the BPE model ``params["bpe_model"]``."""
+    params = dict(params)
+    sp = load_bpe_model(params["bpe_model"])
     set_model_dims_from_bpe(params, sp)
-    waves = [read_sound_file(p, args.sample_rate) for p in args.sound_files]
-    data = load_checkpoint_file(args.checkpoint, allow_unsafe=args.trust_checkpoint)
-    state = strip_ddp_prefix(model_state_from(data, args.checkpoint))
-    model = model_from_state(params, state, str(args.checkpoint)).eval()
-    texts = transcribe(model, sp, waves, args.sample_rate, args.method, args.beam_size,
-                       args.max_sym_per_frame)
-    for path, text in zip(args.sound_files, texts):
-        print(f"{path}: {text}")
-    return texts
-
-
-def main(use_adapters_default: bool, argv: list[str] | None = None) -> list[str]:
-    """One line per file on stdout; bad input is one line on stderr and exit status 1."""
-    args = get_parser(use_adapters_default).parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        return run(args)
-    except (ValueError, OSError, CheckpointError) as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    waves = [read_sound_file(p, params["sample_rate"]) for p in params["sound_files"]]
+    data = load_checkpoint_file(params["checkpoint"], allow_unsafe=params["trust_checkpoint"])
+    state = strip_ddp_prefix(model_state_from(data, params["checkpoint"]))
+    model = model_from_state(params, state, str(params["checkpoint"])).eval()
+    return transcribe(model, sp, waves, params["sample_rate"], params["method"],
+                      params["beam_size"], params["max_sym_per_frame"])

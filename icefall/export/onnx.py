@@ -29,11 +29,9 @@ dim, D = decoder dim, J = joiner dim, V = vocab size, K = decoder context size.
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,19 +42,14 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from icefall.checkpoint import CheckpointError
-from icefall.cli.flags import str2bool
 from icefall.inference import (
-    add_checkpoint_arguments,
     checkpoint_suffix,
     model_from_state,
     select_state_dict,
 )
 from icefall.token_table import read_token_table
-from icefall.utils import atomic_write_bytes, setup_logger, to_int_tuple
+from icefall.utils import atomic_write_bytes, to_int_tuple
 from icefall.zipformer import (
-    add_adapter_arguments,
-    add_model_arguments,
     iter_adapters,
     remove_adapters,
 )
@@ -322,42 +315,20 @@ def copy_tokens(tokens: Path, exp_dir: Path) -> Path:
     return dst
 
 
-def get_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_checkpoint_arguments(parser, exp_dir, epoch=28, avg=15)
-    parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
-                        help="Path to tokens.txt (copied into --exp-dir).")
-    parser.add_argument("--int8", type=str2bool, default=True,
-                        help="Also write .int8.onnx (dynamic quantisation) files.")
-    add_model_arguments(parser)
-    add_adapter_arguments(parser, use_adapters_default=use_adapters_default)
-    return parser
-
-
-def run(args: argparse.Namespace) -> ExportedFiles:
-    """Exports the model chosen by ``args``; returns the files written."""
-    params = dict(vars(args))
-    set_dims_from_tokens(params, args.tokens)
+def export_checkpoint(params: Mapping[str, Any]) -> ExportedFiles:
+    """export-onnx.py: exports the model chosen by the checkpoint flags in ``params``
+    (``exp_dir``, ``epoch``/``iter``, ``avg``, ``use_averaged_model``, the model flags,
+    ``tokens``, ``int8``); returns the files written."""
+    params = dict(params)
+    set_dims_from_tokens(params, params["tokens"])
     model, source = load_export_model(params)
     logging.info(f"Exporting {source}")
     encoder_meta = {**encoder_metadata(params, model), "checkpoint": checkpoint_suffix(params)}
     tag = export_tag(params)
+    exp_dir = Path(params["exp_dir"])
     with torch.no_grad():
-        files = export_transducer(model, Path(args.exp_dir), tag, encoder_meta,
-                                  int8=args.int8)
+        files = export_transducer(model, exp_dir, tag, encoder_meta, int8=params["int8"])
     logging.info(f"Wrote {files.encoder.name}, {files.decoder.name}, {files.joiner.name}"
-                 f"{' and their .int8.onnx versions' if args.int8 else ''} and "
-                 f"{copy_tokens(args.tokens, Path(args.exp_dir))} to {args.exp_dir}")
+                 f"{' and their .int8.onnx versions' if params['int8'] else ''} and "
+                 f"{copy_tokens(params['tokens'], exp_dir)} to {exp_dir}")
     return files
-
-
-def main(exp_dir: str, use_adapters_default: bool,
-         argv: list[str] | None = None) -> ExportedFiles:
-    """export-onnx.py; bad input is one line on stderr and exit status 1."""
-    args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
-    setup_logger()
-    try:
-        return run(args)
-    except (ValueError, OSError, CheckpointError) as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(1)

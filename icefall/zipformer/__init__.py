@@ -1,7 +1,7 @@
 """Zipformer2 transducer with residual adapters, icefall-compatible.
 
 Modules: scaling (primitives), subsampling (frontend), attention, layer, encoder,
-adapters, decoder, joiner, model (AsrModel), build (flags and get_model).
+adapters, decoder, joiner, model (AsrModel), build (get_model and its defaults).
 """
 
 from icefall.zipformer.adapters import (
@@ -23,8 +23,6 @@ from icefall.zipformer.adapters import (
 )
 from icefall.zipformer.build import (
     MODEL_DEFAULTS,
-    add_adapter_arguments,
-    add_model_arguments,
     get_model,
     model_config,
 )
@@ -33,8 +31,8 @@ from icefall.zipformer.model import AsrModel
 __all__ = [
     "MODEL_DEFAULTS", "Adapter", "AsrModel", "ResidualAdapter", "adapter_parameter_names",
     "adapter_parameters",
-    "adapter_state_dict", "adapters_disabled", "add_adapter_arguments", "add_adapters",
-    "add_model_arguments", "count_parameters", "freeze_all_but_adapters", "get_model",
+    "adapter_state_dict", "adapters_disabled", "add_adapters",
+    "count_parameters", "freeze_all_but_adapters", "get_model",
     "has_adapters", "iter_adapters", "load_adapter_state_dict", "model_config", "remove_adapters",
     "set_adapter_training", "set_adapters_enabled",
 ]

@@ -20,7 +20,14 @@ with ./zipformer/onnx_pretrained.py, ./zipformer/onnx_decode.py or sherpa-onnx. 
 implementation is shared by both recipes (icefall/export/onnx.py).
 """
 
-from icefall.export.onnx import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # egs/librispeech/ASR
+
+from recipes import BASE  # noqa: E402
+
+from icefall.cli.export import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(exp_dir="zipformer/exp", use_adapters_default=False)
+    main(BASE.exp_dir, BASE.use_adapters)

@@ -16,8 +16,14 @@ different settings are:", as decode.py does. The implementation is shared by bot
 recipes (icefall/export/decode.py).
 """
 
-from icefall.decode.recipe import BASE_DECODE
-from icefall.export.decode import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # egs/librispeech/ASR
+
+from recipes import BASE  # noqa: E402
+
+from icefall.cli.decode import onnx_main  # noqa: E402
 
 if __name__ == "__main__":
-    main(BASE_DECODE)
+    onnx_main(BASE.decode)

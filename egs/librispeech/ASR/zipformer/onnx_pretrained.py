@@ -15,7 +15,7 @@ search is greedy, in numpy. Prints "<file>: <text>" per file. The .int8.onnx fil
 the same way. The implementation is shared by both recipes (icefall/export/onnx_runtime.py).
 """
 
-from icefall.export.onnx_runtime import main
+from icefall.cli.onnx import onnx_main
 
 if __name__ == "__main__":
-    main()
+    onnx_main()

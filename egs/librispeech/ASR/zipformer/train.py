@@ -24,7 +24,14 @@ Manifests are read from --manifest-dir (data/fbank); see --train-cuts / --valid-
 The training loop lives in icefall/trainer.py and is shared with zipformer_adapter/.
 """
 
-from icefall.trainer import BASE_RECIPE, main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # egs/librispeech/ASR
+
+from recipes import BASE  # noqa: E402
+
+from icefall.cli.train import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(BASE_RECIPE)
+    main(BASE.train)

@@ -12,7 +12,14 @@ and logs "For <set>, WER of different settings are:". The implementation is shar
 both recipes (icefall/decode/recipe.py).
 """
 
-from icefall.decode.recipe import ADAPTER_DECODE, main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # egs/librispeech/ASR
+
+from recipes import ADAPTER  # noqa: E402
+
+from icefall.cli.decode import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(ADAPTER_DECODE)
+    main(ADAPTER.decode)

@@ -22,7 +22,14 @@ with ./zipformer_adapter/onnx_pretrained.py, ./zipformer_adapter/onnx_decode.py 
 sherpa-onnx. The implementation is shared by both recipes (icefall/export/onnx.py).
 """
 
-from icefall.export.onnx import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # egs/librispeech/ASR
+
+from recipes import ADAPTER  # noqa: E402
+
+from icefall.cli.export import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(exp_dir="zipformer_adapter/exp", use_adapters_default=True)
+    main(ADAPTER.exp_dir, ADAPTER.use_adapters)

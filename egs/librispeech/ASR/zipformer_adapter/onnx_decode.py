@@ -21,8 +21,14 @@ different settings are:", as decode.py does. The implementation is shared by bot
 recipes (icefall/export/decode.py).
 """
 
-from icefall.decode.recipe import ADAPTER_DECODE_GIGASPEECH
-from icefall.export.decode import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # egs/librispeech/ASR
+
+from recipes import ADAPTER  # noqa: E402
+
+from icefall.cli.decode import onnx_main  # noqa: E402
 
 if __name__ == "__main__":
-    main(ADAPTER_DECODE_GIGASPEECH)
+    onnx_main(ADAPTER.decode_gigaspeech)

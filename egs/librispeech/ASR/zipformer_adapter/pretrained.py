@@ -11,7 +11,14 @@ Model flags (--encoder-dim, ...) must describe the checkpoint's model. The imple
 is shared by both recipes (icefall/decode/transcribe.py).
 """
 
-from icefall.decode.transcribe import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # egs/librispeech/ASR
+
+from recipes import ADAPTER  # noqa: E402
+
+from icefall.cli.transcribe import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(use_adapters_default=True)
+    main(ADAPTER.use_adapters)

@@ -32,7 +32,14 @@ model with --adapter-dim 16. By default it trains on gigaspeech_cuts_S.jsonl.gz 
 validates on gigaspeech_cuts_DEV.jsonl.gz in --manifest-dir (see --train-cuts).
 """
 
-from icefall.trainer import ADAPTER_RECIPE, main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # egs/librispeech/ASR
+
+from recipes import ADAPTER  # noqa: E402
+
+from icefall.cli.train import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(ADAPTER_RECIPE)
+    main(ADAPTER.train)

@@ -21,11 +21,11 @@ comparable word for word.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from lhotse import load_manifest_lazy
 
+from icefall.cli import run_guarded
 from icefall.data import AsrDataModule
 from icefall.decode.report import save_results
 
@@ -74,11 +74,7 @@ def decode(args: argparse.Namespace) -> list[tuple[str, list[str], list[str]]]:
 
 def main() -> None:
     args = get_args()
-    try:
-        results = decode(args)
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    results = run_guarded(decode, args)
     save_results(args.res_dir, args.test_set, {"greedy_search": results},
                  suffix="greedy_search-sherpa-onnx")
 

@@ -1,8 +1,9 @@
 """Transcribe with an exported transducer using ONNX Runtime and numpy only (no torch).
 
-This is what ``onnx_pretrained.py`` runs, and what a deployment needs: the three files of
-``export-onnx.py``, ``tokens.txt``, ``onnxruntime``, ``numpy``, ``soundfile`` and
-``kaldi-native-fbank``. It computes what sherpa-onnx's offline recognizer computes:
+This is what ``onnx_pretrained.py`` and ``onnx_decode.py`` run, and what a deployment
+needs: the three files of ``export-onnx.py``, ``tokens.txt``, ``onnxruntime``, ``numpy``,
+``soundfile`` and ``kaldi-native-fbank``. It computes what sherpa-onnx's offline
+recognizer computes:
 
 - features: kaldi-native-fbank with the options sherpa-onnx's offline stream sets (80 bins,
   dither 0, ``snip_edges`` false, ``high_freq`` -400 as lhotse's ``Fbank``), from samples
@@ -20,19 +21,16 @@ S = samples.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from icefall.audio import SAMPLE_RATE
 from icefall.token_table import read_token_table
 
-SAMPLE_RATE = 16000
 FEATURE_DIM = 80
 LOG_EPS = math.log(1e-10)  # padding value of features (sherpa-onnx: -23.025850929940457)
 BLANK_ID = 0
@@ -58,28 +56,8 @@ def tokens_to_text(token_ids: Sequence[int], tokens: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Sound files and features
+# Features
 # ---------------------------------------------------------------------------
-
-
-def read_sound_file(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Samples (S,) float32 in [-1, 1] of the first channel of ``path``.
-
-    Raises:
-      ValueError: naming the file when it cannot be read or has another sample rate.
-    """
-    import soundfile as sf
-
-    try:
-        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # noqa: BLE001 - libsndfile raises several types
-        raise ValueError(f"cannot read sound file {path}: {e}") from e
-    if sr != sample_rate:
-        raise ValueError(f"{path} has sample rate {sr}; expected {sample_rate} "
-                         "(resample it first, e.g. with sox)")
-    if samples.shape[0] == 0:
-        raise ValueError(f"sound file {path} has no samples")
-    return np.ascontiguousarray(samples[:, 0])
 
 
 def fbank_options(sample_rate: int = SAMPLE_RATE, num_bins: int = FEATURE_DIM):
@@ -249,63 +227,17 @@ def transcribe(model: OnnxTransducer, tokens: Sequence[str], waves: Sequence[np.
     return [tokens_to_text(h, tokens) for h in hyps]
 
 
-# ---------------------------------------------------------------------------
-# onnx_pretrained.py
-# ---------------------------------------------------------------------------
+def load_onnx_model(encoder: str | Path, decoder: str | Path, joiner: str | Path,
+                    tokens: str | Path, num_threads: int = 1
+                    ) -> tuple[OnnxTransducer, list[str]]:
+    """The three sessions and the token table; checks that they fit together.
 
-
-def add_onnx_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """icefall's --encoder/--decoder/--joiner-model-filename and --tokens."""
-    a = parser.add_argument
-    a("--encoder-model-filename", type=Path, required=True,
-      help="Path to the encoder ONNX model (encoder-*.onnx or encoder-*.int8.onnx).")
-    a("--decoder-model-filename", type=Path, required=True,
-      help="Path to the decoder ONNX model.")
-    a("--joiner-model-filename", type=Path, required=True,
-      help="Path to the joiner ONNX model.")
-    a("--tokens", type=Path, required=True, help="Path to tokens.txt.")
-    a("--num-threads", type=int, default=1, help="Intra-op threads of each session.")
-    a("--blank-penalty", type=float, default=0.0,
-      help="Subtracted from the blank logit (sherpa-onnx's blank_penalty).")
-
-
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_onnx_model_arguments(parser)
-    parser.add_argument("--sample-rate", type=int, default=SAMPLE_RATE,
-                        help="Sample rate of the sound files (and of the model's features).")
-    parser.add_argument("sound_files", type=Path, nargs="+",
-                        help="Sound files (any format libsndfile reads), first channel used.")
-    return parser
-
-
-def load_onnx_model(args: argparse.Namespace) -> tuple[OnnxTransducer, list[str]]:
-    """The sessions and token table named by the flags; checks they fit together."""
-    tokens = read_token_table(args.tokens)
-    model = OnnxTransducer(args.encoder_model_filename, args.decoder_model_filename,
-                           args.joiner_model_filename, num_threads=args.num_threads)
-    if len(tokens) != model.vocab_size:
-        raise ValueError(f"{args.tokens} has {len(tokens)} tokens but "
-                         f"{args.decoder_model_filename} has vocab_size {model.vocab_size}")
-    return model, tokens
-
-
-def run(args: argparse.Namespace) -> list[str]:
-    """Transcribes ``args.sound_files``; prints ``<file>: <text>`` per file."""
-    model, tokens = load_onnx_model(args)
-    waves = [read_sound_file(p, args.sample_rate) for p in args.sound_files]
-    texts = transcribe(model, tokens, waves, args.sample_rate, args.blank_penalty)
-    for path, text in zip(args.sound_files, texts):
-        print(f"{path}: {text}")
-    return texts
-
-
-def main(argv: list[str] | None = None) -> list[str]:
-    """onnx_pretrained.py; bad input is one line on stderr and exit status 1."""
-    args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        return run(args)
-    except (ValueError, OSError) as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    Raises:
+      ValueError: naming the file that is missing, unreadable or does not fit.
+    """
+    table = read_token_table(tokens)
+    model = OnnxTransducer(encoder, decoder, joiner, num_threads=num_threads)
+    if len(table) != model.vocab_size:
+        raise ValueError(f"{tokens} has {len(table)} tokens but {decoder} has vocab_size "
+                         f"{model.vocab_size}")
+    return model, table

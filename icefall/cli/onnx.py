@@ -1,0 +1,62 @@
+"""onnx_pretrained.py of both recipes, and the ONNX model flags: with ONNX Runtime and
+numpy only (this module and what it imports never import torch)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from icefall.audio import SAMPLE_RATE
+from icefall.cli import run_guarded
+
+
+def add_onnx_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """icefall's --encoder/--decoder/--joiner-model-filename and --tokens."""
+    a = parser.add_argument
+    a("--encoder-model-filename", type=Path, required=True,
+      help="Path to the encoder ONNX model (encoder-*.onnx or encoder-*.int8.onnx).")
+    a("--decoder-model-filename", type=Path, required=True,
+      help="Path to the decoder ONNX model.")
+    a("--joiner-model-filename", type=Path, required=True,
+      help="Path to the joiner ONNX model.")
+    a("--tokens", type=Path, required=True, help="Path to tokens.txt.")
+    a("--num-threads", type=int, default=1, help="Intra-op threads of each session.")
+    a("--blank-penalty", type=float, default=0.0,
+      help="Subtracted from the blank logit (sherpa-onnx's blank_penalty).")
+
+
+def print_texts(paths: list[Path], texts: list[str]) -> list[str]:
+    """``<file>: <text>`` per file on stdout; returns the texts."""
+    for path, text in zip(paths, texts):
+        print(f"{path}: {text}")
+    return texts
+
+
+def get_onnx_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_onnx_model_arguments(parser)
+    parser.add_argument("--sample-rate", type=int, default=SAMPLE_RATE,
+                        help="Sample rate of the sound files (and of the model's features).")
+    parser.add_argument("sound_files", type=Path, nargs="+",
+                        help="Sound files (any format libsndfile reads), first channel used.")
+    return parser
+
+
+def _onnx_transcribe(params: dict[str, Any]) -> list[str]:
+    from icefall.audio import read_sound_file
+    from icefall.decode.onnx_runtime import load_onnx_model, transcribe
+
+    model, tokens = load_onnx_model(
+        params["encoder_model_filename"], params["decoder_model_filename"],
+        params["joiner_model_filename"], params["tokens"], params["num_threads"])
+    waves = [read_sound_file(p, params["sample_rate"]) for p in params["sound_files"]]
+    return transcribe(model, tokens, waves, params["sample_rate"], params["blank_penalty"])
+
+
+def onnx_main(argv: list[str] | None = None) -> list[str]:
+    """onnx_pretrained.py: ONNX Runtime and numpy only."""
+    args = get_onnx_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    return print_texts(args.sound_files, run_guarded(_onnx_transcribe, vars(args)))

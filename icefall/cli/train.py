@@ -1,0 +1,129 @@
+"""train.py of both recipes: icefall's training flags and ``main``.
+
+A recipe script names what differs (its folder, its manifests, whether it trains adapters)
+in a :class:`TrainRecipe` and calls :func:`main` with it; the training itself is
+:mod:`icefall.trainer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from icefall.cli import run_guarded
+from icefall.cli.dataloading import add_dataloading_arguments
+from icefall.cli.flags import str2bool
+from icefall.cli.model import add_adapter_arguments, add_model_arguments
+from icefall.trainer import launch_training, prepare_training
+from icefall.utils import AttributeDict
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """A recipe's flag defaults: its exp-dir, whether it trains adapters on a pretrained
+    model, and the manifests (in --manifest-dir) it trains, validates and mixes in."""
+
+    exp_dir: str
+    use_adapters: bool
+    do_finetune: bool
+    train_cuts: str
+    valid_cuts: str
+    mux_cuts: str = ""
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe) -> None:
+    """icefall's training flags with its defaults (and a few for short runs)."""
+    a = parser.add_argument
+    a("--world-size", type=int, default=1, help="Number of processes (GPUs) for DDP.")
+    a("--master-port", type=int, default=12354, help="Master port for DDP.")
+    a("--tensorboard", type=str2bool, default=True, help="Write TensorBoard scalars.")
+    a("--num-epochs", type=int, default=30, help="Number of epochs to train.")
+    a("--start-epoch", type=int, default=1,
+      help="Resume from exp-dir/epoch-{start_epoch-1}.pt when larger than 1.")
+    a("--start-batch", type=int, default=0,
+      help="If positive, resume exactly from exp-dir/checkpoint-{start_batch}.pt.")
+    a("--exp-dir", type=Path, default=Path(recipe.exp_dir),
+      help="Folder of checkpoints, logs and TensorBoard files.")
+    a("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
+      help="Path to the BPE model.")
+    a("--base-lr", type=float, default=0.045, help="The base learning rate.")
+    a("--lr-batches", type=float, default=7500,
+      help="Batches over which the learning rate decays (Eden).")
+    a("--lr-epochs", type=float, default=3.5,
+      help="Epochs over which the learning rate decays (Eden).")
+    a("--lr-warmup-batches", type=float, default=500.0,
+      help="Eden's linear warm-up of the learning rate, in batches.")
+    a("--ref-duration", type=float, default=600,
+      help="Reference batch duration (s) for the model's internal schedules: they advance "
+           "by max-duration * world-size / ref-duration per batch.")
+    a("--prune-range", type=int, default=5, help="Symbols kept per frame by pruning.")
+    a("--lm-scale", type=float, default=0.25, help="LM smoothing of the simple loss.")
+    a("--am-scale", type=float, default=0.0, help="AM smoothing of the simple loss.")
+    a("--simple-loss-scale", type=float, default=0.5,
+      help="Weight of the simple loss after --warm-step batches.")
+    a("--ctc-loss-scale", type=float, default=0.2, help="Weight of the CTC loss.")
+    a("--warm-step", type=int, default=2000,
+      help="Batches over which the simple loss weight falls from 1 and the pruned "
+           "loss weight rises from 0.1.")
+    a("--seed", type=int, default=42, help="Seed of all random generators.")
+    a("--deterministic", type=str2bool, default=False,
+      help="Deterministic algorithms (slower on GPUs): a rerun or a resumed run ends with "
+           "the same parameters, to the bit, on the same machine.")
+    a("--inf-check", type=str2bool, default=False,
+      help="Add hooks that report non-finite module outputs and gradients.")
+    a("--save-every-n", type=int, default=4000,
+      help="Save exp-dir/checkpoint-B.pt every this many batches.")
+    a("--keep-last-k", type=int, default=30, help="Keep this many checkpoint-B.pt files.")
+    a("--average-period", type=int, default=200,
+      help="Update the running model average (model_avg) every this many batches.")
+    a("--use-fp16", type=str2bool, default=False,
+      help="Mixed precision: float16 autocast with icefall's grad-scale management; CUDA "
+           "only (float32 on a CPU).")
+    a("--use-bf16", type=str2bool, default=False,
+      help="Mixed precision: bfloat16 autocast, no grad scaler (A100/H100/H200, and CPUs).")
+    a("--log-interval", type=int, default=50, help="Log progress every this many batches.")
+    a("--reset-interval", type=int, default=200, help="Decay time (batches) of tot_loss.")
+    a("--valid-interval", type=int, default=3000,
+      help="Validate every this many batches (and at the end of every epoch).")
+    a("--train-cuts", type=str, default=recipe.train_cuts,
+      help="Training manifests in --manifest-dir, comma-separated.")
+    a("--valid-cuts", type=str, default=recipe.valid_cuts,
+      help="Validation manifests in --manifest-dir, comma-separated.")
+    a("--mux-cuts", type=str, default=recipe.mux_cuts,
+      help="With --use-mux 1: original-domain training manifests mixed into training.")
+    a("--trust-checkpoint", type=str2bool, default=False,
+      help="Allow checkpoints that need full unpickling (only for files you trust).")
+    a("--adapter-min-rms", type=float, default=0.01,
+      help="ScaledAdam's param_min_rms for adapter parameters: the smallest scale their "
+           "updates are sized by, so that zero-initialised adapters can grow.")
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe) -> None:
+    """--do-finetune, --finetune-ckpt, --init-modules (zipformer_adapter's flags)."""
+    parser.add_argument("--do-finetune", type=str2bool, default=recipe.do_finetune,
+                        help="Initialise from --finetune-ckpt. Set 0 to resume a "
+                             "fine-tuning run with --start-epoch/--start-batch.")
+    parser.add_argument("--finetune-ckpt", type=Path, default=None,
+                        help="Checkpoint to fine-tune from ({'model': state_dict}).")
+    parser.add_argument("--init-modules", type=str, default=None,
+                        help="Comma-separated module prefixes to initialise from "
+                             "--finetune-ckpt (e.g. 'encoder,joiner'); default: all.")
+
+
+def get_parser(recipe: TrainRecipe) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_training_arguments(parser, recipe)
+    add_model_arguments(parser)
+    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
+    add_finetune_arguments(parser, recipe)
+    add_dataloading_arguments(parser)
+    return parser
+
+
+def main(recipe: TrainRecipe, argv: list[str] | None = None) -> None:
+    """Parses flags, checks inputs, and trains on --world-size processes (or torchrun's).
+    Bad input is one line on stderr and exit status 1."""
+    params = AttributeDict(vars(get_parser(recipe).parse_args(argv)))
+    run_guarded(prepare_training, params)
+    run_guarded(launch_training, params)
