@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 
 from icefall.cli.flags import str2bool
 from icefall.data.fbank import make_fbank_extractor
-from icefall.data.manifests import cuts_filename, find_cuts, load_cuts
+from icefall.data.manifests import load_cuts
 
 INPUT_STRATEGIES = ("PrecomputedFeatures", "OnTheFlyFeatures", "AudioSamples")
 MUSAN_MANIFEST = "musan_cuts.jsonl.gz"
@@ -307,16 +307,6 @@ class AsrDataModule:
 
     # ----- manifests -------------------------------------------------------------------
 
-    def load_cuts(self, part: str, prefix: str = "librispeech") -> CutSet:
-        """Lazily loads ``<manifest-dir>/<prefix>_cuts_<part>.jsonl.gz``.
-
-        Raises:
-          FileNotFoundError / ManifestError: naming the file when missing or unusable.
-        """
-        path = self.args.manifest_dir / cuts_filename(prefix, part)
-        logging.info(f"About to get {prefix} {part} cuts from {path}")
-        return load_cuts(path)
-
     def musan_cuts(self) -> CutSet:
         """MUSAN noise cuts (eagerly loaded: CutMix samples from all of them)."""
         path = self.args.manifest_dir / MUSAN_MANIFEST
@@ -331,38 +321,3 @@ class AsrDataModule:
         if orig_cuts is None:
             raise ValueError("--use-mux 1 needs the original-domain training cuts")
         return mux_cuts(new_cuts, orig_cuts, parse_mux_weights(self.args.mux_weights))
-
-    def train_clean_100_cuts(self) -> CutSet:
-        return self.load_cuts("train-clean-100")
-
-    def train_all_shuf_cuts(self) -> CutSet:
-        """The shuffled 960 h of LibriSpeech."""
-        return self.load_cuts("train-all-shuf")
-
-    def dev_clean_cuts(self) -> CutSet:
-        return self.load_cuts("dev-clean")
-
-    def dev_other_cuts(self) -> CutSet:
-        return self.load_cuts("dev-other")
-
-    def test_clean_cuts(self) -> CutSet:
-        return self.load_cuts("test-clean")
-
-    def test_other_cuts(self) -> CutSet:
-        return self.load_cuts("test-other")
-
-    def _gigaspeech_cuts(self, part: str) -> CutSet:
-        # icefall's recipes store GigaSpeech both with and without the corpus prefix.
-        path = find_cuts(self.args.manifest_dir, part, ("gigaspeech", ""))
-        logging.info(f"About to get GigaSpeech {part} cuts from {path}")
-        return load_cuts(path)
-
-    def gigaspeech_subset_small_cuts(self) -> CutSet:
-        """GigaSpeech subset S (250 h), the adapter recipe's fine-tuning data."""
-        return self._gigaspeech_cuts("S")
-
-    def gigaspeech_dev_cuts(self) -> CutSet:
-        return self._gigaspeech_cuts("DEV")
-
-    def gigaspeech_test_cuts(self) -> CutSet:
-        return self._gigaspeech_cuts("TEST")
