@@ -38,6 +38,7 @@ from icefall.data import (
     encode,
     filter_cuts,
     load_bpe_model,
+    load_cuts,
     mux_cuts,
     normalize_cut_texts,
     normalize_text,
@@ -108,6 +109,11 @@ def _module(corpus: Path, **overrides) -> AsrDataModule:
     return AsrDataModule(argparse.Namespace(**args))
 
 
+def _cuts(corpus: Path, part: str) -> CutSet:
+    """The lazy cuts of ``<corpus>/demo_cuts_<part>.jsonl.gz``."""
+    return load_cuts(corpus / cuts_filename(PREFIX, part))
+
+
 def _batch_ids(batch: dict) -> list[str]:
     return [c.id for c in batch["supervisions"]["cut"]]
 
@@ -117,8 +123,7 @@ def _batch_ids(batch: dict) -> list[str]:
 def test_features_stored_and_manifests_named_like_icefall(corpus):
     for part in ("train", "dev"):
         assert (corpus / f"{PREFIX}_cuts_{part}.jsonl.gz").is_file()
-    dm = _module(corpus)
-    cuts = dm.load_cuts("train", prefix=PREFIX)
+    cuts = _cuts(corpus, "train")
     assert cuts.is_lazy
     cuts = cuts.to_eager()
     assert len(cuts) == 32
@@ -133,7 +138,7 @@ def test_features_stored_and_manifests_named_like_icefall(corpus):
 
 def test_train_batches_have_icefall_keys_and_shapes(corpus):
     dm = _module(corpus, enable_musan=True, enable_spec_aug=True)
-    dl = dm.train_dataloaders(dm.load_cuts("train", prefix=PREFIX))
+    dl = dm.train_dataloaders(_cuts(corpus, "train"))
     n_batches = 0
     for batch in dl:
         x, sup = batch["inputs"], batch["supervisions"]
@@ -150,10 +155,10 @@ def test_train_batches_have_icefall_keys_and_shapes(corpus):
 @pytest.mark.parametrize("method", ["valid_dataloaders", "test_dataloaders"])
 def test_eval_batches_are_complete_fixed_and_unaugmented(corpus, method):
     dm = _module(corpus, enable_musan=True, enable_spec_aug=True)
-    dl = getattr(dm, method)(dm.load_cuts("dev", prefix=PREFIX))
+    dl = getattr(dm, method)(_cuts(corpus, "dev"))
     first = [b for b in dl]
     ids = [i for b in first for i in _batch_ids(b)]
-    assert sorted(ids) == sorted(c.id for c in dm.load_cuts("dev", prefix=PREFIX))
+    assert sorted(ids) == sorted(c.id for c in _cuts(corpus, "dev"))
     assert ids == [i for b in dl for i in _batch_ids(b)]  # same order every pass
     batch = first[0]
     cut = batch["supervisions"]["cut"][0]
@@ -171,14 +176,14 @@ def test_sampler_respects_max_duration(corpus):
     """
     max_duration = 5.0
     simple = _module(corpus, max_duration=max_duration, bucketing_sampler=False)
-    batches = list(simple.train_sampler(simple.load_cuts("train", prefix=PREFIX)))
+    batches = list(simple.train_sampler(_cuts(corpus, "train")))
     assert len(batches) >= 6 and sum(len(b) for b in batches) == 32
     for b in batches:
         d = [c.duration for c in b]
         assert sum(d) <= len(d) * max(d) <= max_duration + 1e-6
 
     bucketing = _module(corpus, max_duration=max_duration, num_buckets=4)
-    batches = list(bucketing.train_sampler(bucketing.load_cuts("train", prefix=PREFIX)))
+    batches = list(bucketing.train_sampler(_cuts(corpus, "train")))
     assert len(batches) >= 6 and sum(len(b) for b in batches) == 32
     for b in batches:
         d = [c.duration for c in b]
@@ -189,7 +194,7 @@ def test_sampler_respects_max_duration(corpus):
 
 def test_sampler_state_dict_round_trip_resumes_at_same_batch(corpus):
     dm = _module(corpus, max_duration=4.0)
-    cuts = dm.load_cuts("train", prefix=PREFIX)
+    cuts = _cuts(corpus, "train")
     dl = dm.train_dataloaders(cuts)
     dl.sampler.set_epoch(3)
     reference, state = [], None
@@ -245,7 +250,7 @@ def test_filter_drops_the_right_cuts_and_reports_the_count(bpe_dir, caplog):
 
 def test_filter_on_lazy_cuts_counts_per_pass(corpus, bpe_dir, caplog):
     sp = load_bpe_model(bpe_dir / "bpe.model")
-    cuts = _module(corpus).load_cuts("train", prefix=PREFIX)
+    cuts = _cuts(corpus, "train")
     f = CutFilter(sp)
     kept = filter_cuts(cuts, cut_filter=f)
     assert kept.is_lazy
@@ -308,26 +313,23 @@ def test_mux_mixes_both_sources_at_the_given_weights():
 
 
 def test_missing_or_bad_manifest_gives_a_clear_error(tmp_path, corpus):
-    dm = _module(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"librispeech_cuts_dev-clean\.jsonl\.gz"):
-        dm.dev_clean_cuts()
-    with pytest.raises(FileNotFoundError, match=r"gigaspeech_cuts_S\.jsonl\.gz.*cuts_S"):
-        dm.gigaspeech_subset_small_cuts()
+        load_cuts(tmp_path / "librispeech_cuts_dev-clean.jsonl.gz")
     with gzip.open(tmp_path / "librispeech_cuts_test-clean.jsonl.gz", "wt") as f:
         f.write("")
     with pytest.raises(ManifestError, match="test-clean.*empty"):
-        dm.test_clean_cuts()
+        load_cuts(tmp_path / "librispeech_cuts_test-clean.jsonl.gz")
     (tmp_path / "librispeech_cuts_test-other.jsonl.gz").write_bytes(b"garbage")
     with pytest.raises(ManifestError, match="test-other"):
-        dm.test_other_cuts()
+        load_cuts(tmp_path / "librispeech_cuts_test-other.jsonl.gz")
     # MUSAN enabled but absent: named when the training loader is built.
-    train = _module(corpus).load_cuts("train", prefix=PREFIX)
+    train = _cuts(corpus, "train")
     with pytest.raises(FileNotFoundError, match="musan_cuts.jsonl.gz"):
         _module(tmp_path, enable_musan=True).train_dataloaders(train)
 
 
 def test_on_the_fly_features_equal_precomputed(corpus):
-    cuts = _module(corpus).load_cuts("dev", prefix=PREFIX)
+    cuts = _cuts(corpus, "dev")
     stored = {i: b for b in _module(corpus).test_dataloaders(cuts) for i in _batch_ids(b)}
     fly = {i: b for b in _module(corpus, on_the_fly_feats=True).test_dataloaders(cuts)
            for i in _batch_ids(b)}

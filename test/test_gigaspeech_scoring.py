@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import pytest
 
+from icefall.data.gigaspeech_tags import GARBAGE_UTTERANCE_TAGS, PUNCTUATION_TAGS
+from icefall.data.text import is_gigaspeech_garbage, normalize_text
 from icefall.decode.gigaspeech_scoring import (
     CONVERSATIONAL_FILLERS,
+    NON_SCORING_WORDS,
     asr_text_post_processing,
     normalize_words,
     post_processing,
@@ -62,3 +65,19 @@ def test_post_processing_normalises_both_sides():
     assert normalize_words(["ER", "WELL-KNOWN"]) == ["WELL", "KNOWN"]
     with pytest.raises(ValueError, match="list of words"):
         normalize_words("NOT A LIST")
+
+
+def test_training_text_and_scoring_share_the_tag_lists():
+    """Every GigaSpeech tag that scoring ignores is also handled when training text is
+    normalised: punctuation tags removed, garbage tags (any case) mark a segment dropped."""
+    for tag in PUNCTUATION_TAGS:
+        assert normalize_text(f"GOOD {tag} MORNING") == "GOOD MORNING"
+        assert normalize_text(f"good {tag.lower()} morning") == "GOOD MORNING"
+        assert asr_text_post_processing(f"GOOD {tag} MORNING") == "GOOD MORNING"
+        assert not is_gigaspeech_garbage(tag)
+    for tag in GARBAGE_UTTERANCE_TAGS:
+        assert is_gigaspeech_garbage(tag) and is_gigaspeech_garbage(f"A {tag.lower()} B")
+        assert asr_text_post_processing(tag.lower()) == ""
+    assert set(PUNCTUATION_TAGS + GARBAGE_UTTERANCE_TAGS + CONVERSATIONAL_FILLERS) < \
+        NON_SCORING_WORDS
+    assert not is_gigaspeech_garbage("SILENCE <SILVER> MUSICAL")

@@ -23,9 +23,13 @@ validation stage on broken manifests, resuming (a second run rewrites nothing), 
 with lhotse's downloaders replaced by a failing stand-in (no network here).
 
 The GigaSpeech manifests come from lhotse's ``prepare_gigaspeech`` when ``speechcolab`` is
-installed, otherwise from the reader in ``icefall.data.prepare``; one test runs that reader
+installed, otherwise from the reader in ``local/gigaspeech.py``; one test runs that reader
 and compares its manifests with those of the prepare.sh run (the same code path when
 speechcolab is missing, lhotse's when it is installed).
+
+The corpus modules (``local/librispeech.py``, ``musan.py``, ``gigaspeech.py``) are imported
+from the recipe's ``local`` folder, as its scripts import them; the generic pieces they use
+(``icefall.data.preparation``, ``manifests``, ``fbank``) are also tested on their own.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,12 +46,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ROOT
-from lhotse import load_manifest
+from lhotse import CutSet, load_manifest
 
-from icefall.data import load_bpe_model, prepare, read_tokens
-from icefall.data.prepare import ManifestValidationError, validate_manifest
+from icefall.cli.data import split_names
+from icefall.data import load_bpe_model, read_tokens
+from icefall.data.fbank import compute_fbank_for_parts
+from icefall.data.manifests import combine_shuffled
+from icefall.data.preparation import PrepareError, prepare_atomically, try_download
+from icefall.data.validation import ManifestValidationError, validate_manifest
 
 PREPARE = ROOT / "egs" / "librispeech" / "ASR" / "prepare.sh"
+sys.path.insert(0, str(PREPARE.parent / "local"))
+
+import gigaspeech  # noqa: E402
+import librispeech  # noqa: E402
+import musan  # noqa: E402
+
 SR = 16000
 WORDS = ["THE", "RIVER", "STONE", "LIGHT", "HOUSE", "GARDEN", "MORNING", "SILVER",
          "DON'T", "WINTER", "CANDLE", "HORSE"]
@@ -235,6 +250,13 @@ def test_musan_cuts(work):
     assert durations == [6.0, 7.0, 10.0]  # the 2 s tail of the 12 s speech is dropped
     for cut in cuts:
         assert cut.load_features().shape == (cut.num_frames, 80)
+    # noise has no supervision: valid as MUSAN, not as speech
+    path = work["fbank"] / musan.CUTS
+    assert musan.is_musan_manifest(path)
+    assert not musan.is_musan_manifest(work["fbank"] / "librispeech_cuts_dev-clean.jsonl.gz")
+    assert validate_manifest(path, require_supervisions=False) == 3
+    with pytest.raises(ManifestValidationError, match="has 0 supervisions, expected 1"):
+        validate_manifest(path)
 
 
 def test_bpe_model_encodes_the_transcripts(prepared):
@@ -279,9 +301,9 @@ def test_gigaspeech_manifests_follow_the_subset_selection(prepared):
 def test_gigaspeech_reader_without_speechcolab(prepared, tmp_path, monkeypatch):
     """Without speechcolab, GigaSpeech.json is read here; the manifests equal those of the
     prepare.sh run (lhotse's prepare_gigaspeech when speechcolab is installed)."""
-    monkeypatch.setattr(prepare, "speechcolab_available", lambda: False)
+    monkeypatch.setattr(gigaspeech, "speechcolab_available", lambda: False)
     corpus = prepared["dl_dir"] / "GigaSpeech"
-    assert prepare.prepare_gigaspeech_manifests(corpus, tmp_path, list(GIGA_EXPECTED)) == \
+    assert gigaspeech.prepare_manifests(corpus, tmp_path, list(GIGA_EXPECTED)) == \
         list(GIGA_EXPECTED)
     assert not list(tmp_path.glob(".*"))  # the temporary folder is gone
     manifests = prepared["work"] / "data" / "manifests"
@@ -290,13 +312,13 @@ def test_gigaspeech_reader_without_speechcolab(prepared, tmp_path, monkeypatch):
             name = f"gigaspeech_{kind}_{subset}.jsonl.gz"
             assert [x.to_dict() for x in load_manifest(tmp_path / name)] == \
                 [x.to_dict() for x in load_manifest(manifests / name)], name
-    prepare.prepare_gigaspeech_manifests(corpus, tmp_path, ["XS"])  # no audio in {XS}
-    with pytest.raises(prepare.PrepareError, match="GigaSpeech XS: no speech segment"):
-        prepare.compute_gigaspeech_fbank(tmp_path, tmp_path / "fbank", ["XS"])
-    with pytest.raises(prepare.PrepareError, match="unknown GigaSpeech subset"):
-        prepare.prepare_gigaspeech_manifests(corpus, tmp_path, ["SMALL"])
-    with pytest.raises(prepare.PrepareError, match="GigaSpeech metadata not found"):
-        prepare.prepare_gigaspeech_manifests(tmp_path, tmp_path, ["S"])
+    gigaspeech.prepare_manifests(corpus, tmp_path, ["XS"])  # no audio in {XS}
+    with pytest.raises(PrepareError, match="GigaSpeech XS: no speech segment"):
+        gigaspeech.compute_features(tmp_path, tmp_path / "fbank", ["XS"])
+    with pytest.raises(PrepareError, match="unknown GigaSpeech subset"):
+        gigaspeech.prepare_manifests(corpus, tmp_path, ["SMALL"])
+    with pytest.raises(PrepareError, match="GigaSpeech metadata not found"):
+        gigaspeech.prepare_manifests(tmp_path, tmp_path, ["S"])
 
 
 def test_rerun_skips_finished_stages(prepared):
@@ -383,21 +405,109 @@ def test_download_keeps_what_is_there_and_survives_no_network(tmp_path, monkeypa
         (Path(target_dir) / f"{dataset_parts[0]}.tar.gz").touch()
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(prepare, "download_librispeech", offline)
-    monkeypatch.setattr(prepare, "download_musan", offline)
+    monkeypatch.setattr(librispeech, "download_librispeech", offline)
+    monkeypatch.setattr(musan, "download_musan", offline)
     chapter = tmp_path / "LibriSpeech" / "dev-clean" / "1272" / "128104"
     chapter.mkdir(parents=True)
     (chapter / "1272-128104.trans.txt").write_text("1272-128104-0000 HELLO\n")
-    got = prepare.download_librispeech_parts(tmp_path, ["dev-clean", "test-other"], timeout=1)
+    got = librispeech.download_parts(tmp_path, ["dev-clean", "test-other"], timeout=1)
     assert got == ["dev-clean"] and calls == [["test-other"]]
     assert not (tmp_path / "test-other.tar.gz").exists()
-    assert prepare.download_musan_corpus(tmp_path, timeout=1) is False
-    assert prepare.download_gigaspeech_corpus(tmp_path) is False  # no password: skipped
-    with pytest.raises(prepare.PrepareError, match="no LibriSpeech part found in"):
-        prepare.download_librispeech_parts(tmp_path / "empty", ["dev-clean"], timeout=1)
+    assert musan.download_corpus(tmp_path, timeout=1) is False
+    assert gigaspeech.download_corpus(tmp_path) is False  # no password: skipped
+    with pytest.raises(PrepareError, match="no LibriSpeech part found in"):
+        librispeech.download_parts(tmp_path / "empty", ["dev-clean"], timeout=1)
     (tmp_path / "password").write_text("\n")
-    with pytest.raises(prepare.PrepareError, match="password is empty"):
-        prepare.download_gigaspeech_corpus(tmp_path)
+    with pytest.raises(PrepareError, match="password is empty"):
+        gigaspeech.download_corpus(tmp_path)
+
+    def no_speechcolab(*args, **kwargs):
+        raise ImportError("No module named 'speechcolab'")
+
+    (tmp_path / "password").write_text("secret\n")
+    monkeypatch.setattr(gigaspeech, "download_gigaspeech", no_speechcolab)
+    with pytest.raises(PrepareError, match="needs 'pip install speechcolab'"):
+        gigaspeech.download_corpus(tmp_path)
+
+
+def test_try_download_logs_failures_and_keeps_partial_archives(tmp_path):
+    archive = tmp_path / "corpus.tar.gz"
+
+    def unreachable():
+        archive.touch()
+        raise ConnectionError("Name or service not known")
+
+    def cut_off():
+        archive.write_bytes(b"half")
+        raise TimeoutError("timed out")
+
+    assert try_download(unreachable, "X", archive, timeout=1) is False
+    assert not archive.exists()  # an empty archive is removed
+    assert try_download(cut_off, "X", archive, timeout=1) is False
+    assert archive.read_bytes() == b"half"  # a partial one is kept for lhotse to resume
+    before = socket.getdefaulttimeout()
+    seen = []
+    assert try_download(lambda: seen.append(socket.getdefaulttimeout()), "X", timeout=7.0)
+    assert seen == [7.0] and socket.getdefaulttimeout() == before
+
+    def missing_package():
+        raise ImportError("No module named 'speechcolab'")
+
+    with pytest.raises(ImportError):  # a missing package is not a network failure
+        try_download(missing_package, "X")
+
+
+def test_prepare_atomically_publishes_only_finished_manifests(tmp_path):
+    out = tmp_path / "manifests"
+
+    def good(tmp: Path) -> None:
+        for name in ("a.jsonl.gz", "b.jsonl.gz"):
+            (tmp / name).write_text(name)
+
+    def crashing(tmp: Path) -> None:
+        (tmp / "c.jsonl.gz").write_text("half")
+        raise OSError("No space left on device")
+
+    prepare_atomically(out, "x", good)
+    with pytest.raises(OSError, match="No space left"):
+        prepare_atomically(out, "x", crashing)
+    assert sorted(p.name for p in out.iterdir()) == ["a.jsonl.gz", "b.jsonl.gz"]
+    assert (out / "b.jsonl.gz").read_text() == "b.jsonl.gz"
+
+
+def test_combine_shuffled_is_a_seeded_permutation(tmp_path):
+    lines = [json.dumps({"id": f"cut-{i}"}) for i in range(40)]
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
+        f.write("\n".join(lines[:25]) + "\n\n")  # a blank line
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.write("\n".join(lines[25:]))  # no final newline
+
+    def combined(seed: int, name: str) -> list[str]:
+        path = combine_shuffled([tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"],
+                                tmp_path / name, seed)
+        with gzip.open(path, "rt") as f:
+            return f.read().split("\n")
+
+    first = combined(42, "x.jsonl.gz")
+    assert first[-1] == "" and sorted(first[:-1]) == sorted(lines)
+    assert first[:-1] != lines
+    assert combined(42, "y.jsonl.gz") == first
+    assert combined(43, "z.jsonl.gz") != first
+
+
+def test_fbank_parts_make_cuts_only_for_missing_parts(tmp_path):
+    (tmp_path / "demo_cuts_done.jsonl.gz").write_bytes(b"kept as it is")
+    asked = []
+
+    def make_cuts(part: str) -> CutSet:
+        asked.append(part)
+        return CutSet.from_cuts([])
+
+    with pytest.raises(PrepareError, match="demo empty: no cut to compute features for"):
+        compute_fbank_for_parts(make_cuts, ["done", "empty"], tmp_path, "demo")
+    assert asked == ["empty"]
+    assert (tmp_path / "demo_cuts_done.jsonl.gz").read_bytes() == b"kept as it is"
+    assert not (tmp_path / "demo_cuts_empty.jsonl.gz").exists()
 
 
 def test_bad_options_fail_with_one_line(tmp_path):
@@ -408,7 +518,7 @@ def test_bad_options_fail_with_one_line(tmp_path):
         assert proc.returncode == 1
         assert proc.stderr.splitlines() == [f"prepare.sh: error: {message}"]
     assert not (tmp_path / "data").exists()
-    with pytest.raises(prepare.PrepareError, match="unknown LibriSpeech part: 'train-clean-1'"):
-        prepare.split_names("dev-clean train-clean-1", prepare.LIBRISPEECH_PARTS,
-                            "LibriSpeech part")
-    assert prepare.split_names("all", ("a", "b"), "x") == ["a", "b"]
+    with pytest.raises(ValueError, match="unknown LibriSpeech part: 'train-clean-1'"):
+        split_names("dev-clean train-clean-1", librispeech.PARTS, "LibriSpeech part")
+    assert split_names("all", ("a", "b"), "x") == ["a", "b"]
+    assert split_names("S,DEV", gigaspeech.ALL_SUBSETS, "x") == ["S", "DEV"]

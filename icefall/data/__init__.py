@@ -11,20 +11,17 @@ from icefall.data.datamodule import (
 )
 from icefall.data.fbank import (
     STORAGE_TYPES,
-    add_fbank_arguments,
     compute_fbank,
     compute_fbank_for_part,
     default_storage_type,
     kaldifeat_available,
     make_fbank_extractor,
-    setup_fbank_script,
 )
 from icefall.data.filters import CutFilter, FilterStats, filter_cuts, zipformer_output_frames
 from icefall.data.manifests import (
     ManifestError,
     check_manifest,
     cuts_filename,
-    find_cuts,
     load_cuts,
     save_cuts,
 )
@@ -41,11 +38,11 @@ from icefall.data.tokenizer import (
 
 __all__ = [
     "STORAGE_TYPES", "AsrDataModule", "CutFilter", "FilterStats", "ManifestError",
-    "add_fbank_arguments", "check_manifest", "compute_fbank",
+    "check_manifest", "compute_fbank",
     "compute_fbank_for_part", "cuts_filename", "decode", "default_storage_type", "encode",
-    "encode_pieces", "filter_cuts", "find_cuts", "is_gigaspeech_garbage",
+    "encode_pieces", "filter_cuts", "is_gigaspeech_garbage",
     "kaldifeat_available", "load_bpe_model", "load_cuts", "make_fbank_extractor",
     "mux_cuts", "normalize_cut_texts", "normalize_text", "parse_mux_weights", "read_tokens",
-    "save_cuts", "setup_fbank_script", "train_bpe_model", "write_tokens",
+    "save_cuts", "train_bpe_model", "write_tokens",
     "zipformer_output_frames",
 ]

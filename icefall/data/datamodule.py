@@ -21,7 +21,6 @@ fine-tuning data).
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping
 from itertools import islice
@@ -50,7 +49,7 @@ from lhotse.utils import fix_random_seed
 from torch.utils.data import DataLoader
 
 from icefall.data.fbank import make_fbank_extractor
-from icefall.data.manifests import cuts_filename, find_cuts, load_cuts
+from icefall.data.manifests import load_cuts
 
 INPUT_STRATEGIES = ("PrecomputedFeatures", "OnTheFlyFeatures", "AudioSamples")
 MUSAN_MANIFEST = "musan_cuts.jsonl.gz"
@@ -140,11 +139,11 @@ class _SeedWorkers:
         fix_random_seed(self.seed + worker_id)
 
 
-def _with_defaults(args: Mapping[str, Any] | argparse.Namespace | None) -> SimpleNamespace:
+def _with_defaults(args: Mapping[str, Any] | object | None) -> SimpleNamespace:
     """``args`` over :data:`DATA_DEFAULTS`, so partial settings work too."""
     merged = dict(DATA_DEFAULTS)
     if args is not None:
-        merged.update(vars(args) if isinstance(args, argparse.Namespace) else args)
+        merged.update(args if isinstance(args, Mapping) else vars(args))
     merged["manifest_dir"] = Path(merged["manifest_dir"])
     return SimpleNamespace(**merged)
 
@@ -158,7 +157,7 @@ class AsrDataModule:
         :data:`DATA_DEFAULTS`.
     """
 
-    def __init__(self, args: Mapping[str, Any] | argparse.Namespace | None = None) -> None:
+    def __init__(self, args: Mapping[str, Any] | object | None = None) -> None:
         self.args = _with_defaults(args)
 
     # ----- building blocks -------------------------------------------------------------
@@ -270,16 +269,6 @@ class AsrDataModule:
 
     # ----- manifests -------------------------------------------------------------------
 
-    def load_cuts(self, part: str, prefix: str = "librispeech") -> CutSet:
-        """Lazily loads ``<manifest-dir>/<prefix>_cuts_<part>.jsonl.gz``.
-
-        Raises:
-          FileNotFoundError / ManifestError: naming the file when missing or unusable.
-        """
-        path = self.args.manifest_dir / cuts_filename(prefix, part)
-        logging.info(f"About to get {prefix} {part} cuts from {path}")
-        return load_cuts(path)
-
     def musan_cuts(self) -> CutSet:
         """MUSAN noise cuts (eagerly loaded: CutMix samples from all of them)."""
         path = self.args.manifest_dir / MUSAN_MANIFEST
@@ -294,38 +283,3 @@ class AsrDataModule:
         if orig_cuts is None:
             raise ValueError("--use-mux 1 needs the original-domain training cuts")
         return mux_cuts(new_cuts, orig_cuts, parse_mux_weights(self.args.mux_weights))
-
-    def train_clean_100_cuts(self) -> CutSet:
-        return self.load_cuts("train-clean-100")
-
-    def train_all_shuf_cuts(self) -> CutSet:
-        """The shuffled 960 h of LibriSpeech."""
-        return self.load_cuts("train-all-shuf")
-
-    def dev_clean_cuts(self) -> CutSet:
-        return self.load_cuts("dev-clean")
-
-    def dev_other_cuts(self) -> CutSet:
-        return self.load_cuts("dev-other")
-
-    def test_clean_cuts(self) -> CutSet:
-        return self.load_cuts("test-clean")
-
-    def test_other_cuts(self) -> CutSet:
-        return self.load_cuts("test-other")
-
-    def _gigaspeech_cuts(self, part: str) -> CutSet:
-        # icefall's recipes store GigaSpeech both with and without the corpus prefix.
-        path = find_cuts(self.args.manifest_dir, part, ("gigaspeech", ""))
-        logging.info(f"About to get GigaSpeech {part} cuts from {path}")
-        return load_cuts(path)
-
-    def gigaspeech_subset_small_cuts(self) -> CutSet:
-        """GigaSpeech subset S (250 h), the adapter recipe's fine-tuning data."""
-        return self._gigaspeech_cuts("S")
-
-    def gigaspeech_dev_cuts(self) -> CutSet:
-        return self._gigaspeech_cuts("DEV")
-
-    def gigaspeech_test_cuts(self) -> CutSet:
-        return self._gigaspeech_cuts("TEST")

@@ -7,14 +7,16 @@ for current PyTorch), lhotse's ``KaldifeatFbank`` is used instead, on ``device``
 Features are stored with lhotse's ``LilcomChunkyWriter`` (lossy, about 4x smaller) when the
 ``lilcom`` package imports, otherwise uncompressed with ``NumpyFilesWriter``; the manifests
 record which, so readers need not know.
+
+Dimension legend: T = frames (100 per second), F = mel bins (80).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import multiprocessing
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -23,9 +25,8 @@ from lhotse import CutSet, Fbank, FbankConfig
 from lhotse.features.base import FeatureExtractor
 from lhotse.features.io import FeaturesWriter, LilcomChunkyWriter, NumpyFilesWriter
 
-from icefall.cli.flags import str2bool
 from icefall.data.manifests import cuts_filename, feats_dirname, save_cuts
-from icefall.utils import setup_logger
+from icefall.data.preparation import PrepareError
 
 NUM_MEL_BINS = 80
 # --storage choices of the compute_fbank scripts
@@ -84,22 +85,6 @@ def _single_threaded_worker() -> None:
     torch.set_num_interop_threads(1)
 
 
-def add_fbank_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every ``compute_fbank_*.py`` takes: --manifest-dir, --output-dir,
-    --num-jobs, --progress-bar."""
-    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
-    parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
-    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel fbank processes.")
-    parser.add_argument("--progress-bar", type=str2bool, default=True)
-
-
-def setup_fbank_script() -> None:
-    """icefall's logging, and one torch thread in this process as in each fbank worker, so
-    that N jobs use N cores (icefall's compute_fbank scripts do the same)."""
-    setup_logger()
-    torch.set_num_threads(1)
-
-
 def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,
                   num_mel_bins: int = NUM_MEL_BINS, use_kaldifeat: bool | None = None,
                   storage_type: type[FeaturesWriter] | None = None,
@@ -146,27 +131,69 @@ def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,
     return with_feats
 
 
+def fbank_device() -> str:
+    """``cuda`` when kaldifeat imports and a GPU is visible (icefall's choice), else ``cpu``."""
+    return "cuda" if kaldifeat_available() and torch.cuda.is_available() else "cpu"
+
+
 def compute_fbank_for_part(cuts: CutSet, output_dir: str | Path, prefix: str, part: str,
-                           num_jobs: int = 1, overwrite: bool = False, **kwargs) -> Path:
+                           num_jobs: int = 1, overwrite: bool = False,
+                           trim_to_supervisions: bool = False,
+                           device: str | torch.device | None = None, **kwargs) -> Path:
     """Computes features of one corpus part and saves ``<prefix>_cuts_<part>.jsonl.gz``.
 
     Features go to ``<output_dir>/<prefix>_feats_<part>``. An existing manifest is kept
     (the stage is skipped, as icefall's ``compute_fbank_*.py`` do) unless ``overwrite``.
 
     Args:
-      cuts: the part's cuts, with recordings.
+      cuts: the part's cuts, with recordings (an eager CutSet is checked for emptiness).
       output_dir: e.g. ``data/fbank``.
       prefix, part: e.g. ``librispeech`` and ``train-clean-100``.
-      num_jobs: parallel jobs; ``kwargs`` go to :func:`compute_fbank`.
+      num_jobs: parallel jobs.
+      overwrite: recompute when the manifest exists.
+      trim_to_supervisions: features of whole recordings, then one cut per supervision
+        (for corpora of long recordings with segments, such as GigaSpeech).
+      device: kaldifeat's device; None means :func:`fbank_device`.
+      kwargs: go to :func:`compute_fbank`.
     Returns:
       The manifest path.
+    Raises:
+      PrepareError: when there is no cut, or no cut has features afterwards.
     """
     output_dir = Path(output_dir)
     manifest = output_dir / cuts_filename(prefix, part)
     if manifest.is_file() and not overwrite:
         logging.info(f"{manifest} exists: skipping")
         return manifest
+    if not cuts.is_lazy and len(cuts) == 0:
+        raise PrepareError(f"{prefix} {part}: no cut to compute features for")
     output_dir.mkdir(parents=True, exist_ok=True)
+    logging.info(f"Computing fbank for {prefix} {part}")
     with_feats = compute_fbank(cuts, output_dir / feats_dirname(prefix, part),
-                               num_jobs=num_jobs, **kwargs)
+                               num_jobs=num_jobs, device=device or fbank_device(), **kwargs)
+    if trim_to_supervisions:
+        with_feats = with_feats.trim_to_supervisions(keep_overlapping=False).to_eager()
+    if not with_feats.is_lazy and len(with_feats) == 0:
+        raise PrepareError(f"no cut of {prefix} {part} has features (unreadable audio?)")
     return save_cuts(with_feats, manifest)
+
+
+def compute_fbank_for_parts(make_cuts: Callable[[str], CutSet], parts: Sequence[str],
+                            output_dir: str | Path, prefix: str, overwrite: bool = False,
+                            **kwargs) -> list[Path]:
+    """:func:`compute_fbank_for_part` for each of ``parts``; ``make_cuts(part)`` is called
+    only for the parts whose manifest is to be written (missing, or ``overwrite``).
+
+    Returns:
+      The manifest of each part, in the order of ``parts``.
+    """
+    outputs = []
+    for part in parts:
+        manifest = Path(output_dir) / cuts_filename(prefix, part)
+        if manifest.is_file() and not overwrite:
+            logging.info(f"{manifest} exists: skipping")
+            outputs.append(manifest)
+            continue
+        outputs.append(compute_fbank_for_part(make_cuts(part), output_dir, prefix, part,
+                                              overwrite=True, **kwargs))
+    return outputs

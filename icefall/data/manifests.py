@@ -4,7 +4,8 @@ icefall names its cut manifests ``<prefix>_cuts_<part>.jsonl.gz`` (e.g.
 ``data/fbank/librispeech_cuts_train-clean-100.jsonl.gz``) and its features
 ``<prefix>_feats_<part>``. Everything that reads or writes these names goes through here,
 so a missing or unreadable manifest is reported the same way everywhere: one line that
-names the file.
+names the file. Manifests are written through a temporary file and a rename
+(:func:`save_cuts`, :func:`combine_shuffled`), never half-written under their final name.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import gzip
 import json
 import logging
 import os
+import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from lhotse import CutSet, load_manifest, load_manifest_lazy
+
+from icefall.utils import atomic_write_bytes
 
 MANIFEST_SUFFIX = ".jsonl.gz"
 
@@ -93,24 +98,6 @@ def load_cuts(path: str | Path, lazy: bool = True) -> CutSet:
     return cuts
 
 
-def find_cuts(manifest_dir: str | Path, part: str, prefixes: tuple[str, ...]) -> Path:
-    """The first of ``<prefix>_cuts_<part>.jsonl.gz`` over ``prefixes`` that exists.
-
-    Used where recipes disagree on a name (icefall's GigaSpeech subset is stored both as
-    ``gigaspeech_cuts_S.jsonl.gz`` and ``cuts_S.jsonl.gz``).
-
-    Raises:
-      FileNotFoundError: listing every name that was tried.
-    """
-    manifest_dir = Path(manifest_dir)
-    candidates = [manifest_dir / cuts_filename(p, part) for p in prefixes]
-    for c in candidates:
-        if c.is_file():
-            return c
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"manifest not found: {tried}")
-
-
 def save_cuts(cuts: CutSet, path: str | Path) -> Path:
     """Writes ``cuts`` to ``path`` through a temporary file and a rename.
 
@@ -131,3 +118,25 @@ def save_cuts(cuts: CutSet, path: str | Path) -> Path:
             tmp.unlink()
     logging.info(f"Saved {path}")
     return path
+
+
+def combine_shuffled(inputs: Sequence[str | Path], output: str | Path, seed: int = 42) -> Path:
+    """Concatenates gzipped JSON-lines manifests and shuffles their lines with ``seed``.
+
+    What icefall's ``cat ... | shuf | gzip`` does (e.g. for LibriSpeech's
+    ``train-all-shuf``), reproducibly; blank lines are dropped and a missing final newline
+    is added. The output is written through a temporary file and a rename.
+
+    Returns:
+      ``output`` as a Path.
+    """
+    lines: list[bytes] = []
+    for path in inputs:
+        with gzip.open(path, "rb") as f:
+            lines.extend(line if line.endswith(b"\n") else line + b"\n"
+                         for line in f if line.strip())
+    random.Random(seed).shuffle(lines)
+    output = Path(output)
+    atomic_write_bytes(output, gzip.compress(b"".join(lines)))
+    logging.info(f"Saved {output} ({len(lines)} cuts)")
+    return output

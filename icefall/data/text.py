@@ -7,8 +7,9 @@ corpora, user data) are brought to the same form before BPE training and trainin
 
 GigaSpeech writes punctuation as tags (``<COMMA>``, ``<PERIOD>``, ``<QUESTIONMARK>``,
 ``<EXCLAMATIONPOINT>``), which are removed, and marks non-speech segments with garbage tags
-(``<SIL>``, ``<MUSIC>``, ``<NOISE>``, ``<OTHER>``); icefall's GigaSpeech preparation drops such
-segments, see :func:`is_gigaspeech_garbage`.
+(``<SIL>``, ``<NOISE>``, ``<MUSIC>``, ``<OTHER>``); icefall's GigaSpeech preparation drops such
+segments, see :func:`is_gigaspeech_garbage`. Both lists come from
+:mod:`icefall.data.gigaspeech_tags`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ import unicodedata
 
 from lhotse import CutSet
 
-GIGASPEECH_PUNCTUATION_TAGS = ("<COMMA>", "<PERIOD>", "<QUESTIONMARK>", "<EXCLAMATIONPOINT>")
-GIGASPEECH_GARBAGE_TAGS = ("<SIL>", "<MUSIC>", "<NOISE>", "<OTHER>")
+from icefall.data.gigaspeech_tags import GARBAGE_UTTERANCE_TAGS, PUNCTUATION_TAGS
 
-_PUNCT_TAG_RE = re.compile(r"<(COMMA|PERIOD|QUESTIONMARK|EXCLAMATIONPOINT)>", re.IGNORECASE)
-_GARBAGE_TAG_RE = re.compile(r"<(SIL|MUSIC|NOISE|OTHER)>", re.IGNORECASE)
+
+def _any_of(tags: tuple[str, ...]) -> re.Pattern:
+    """A case-insensitive pattern matching any of ``tags`` literally."""
+    return re.compile("|".join(re.escape(t) for t in tags), re.IGNORECASE)
+
+
+_PUNCT_TAG_RE = _any_of(PUNCTUATION_TAGS)
+_GARBAGE_TAG_RE = _any_of(GARBAGE_UTTERANCE_TAGS)
 # Typographic apostrophes and quotes that should read as a plain apostrophe.
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'"})
 _DISALLOWED_RE = re.compile(r"[^A-Z0-9' ]+")
@@ -30,7 +36,7 @@ _SPACES_RE = re.compile(r"\s+")
 
 
 def is_gigaspeech_garbage(text: str) -> bool:
-    """True when ``text`` carries a GigaSpeech non-speech tag (``<SIL>``, ``<MUSIC>``, ...)."""
+    """True when ``text`` carries a GigaSpeech non-speech tag (``<SIL>``, ``<NOISE>``, ...)."""
     return _GARBAGE_TAG_RE.search(text) is not None
 
 

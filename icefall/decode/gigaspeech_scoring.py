@@ -1,7 +1,7 @@
 """GigaSpeech scoring normalisation of references and hypotheses.
 
 GigaSpeech scores WER after a text post-processing step that both sides go through. The
-rules and word lists below are those of the official scoring script
+rules and word lists used here are those of the official scoring script
 (SpeechColab/GigaSpeech ``utils/gigaspeech_scoring.py``, function
 ``asr_text_post_processing``), which icefall copies verbatim into
 ``egs/gigaspeech/ASR/*/gigaspeech_scoring.py`` and into
@@ -16,7 +16,8 @@ and the hypotheses before ``write_error_stats``). In order:
    and its parts are then removed as fillers where listed.
 3. Drop the non-scoring words, compared as whole whitespace-separated words:
    conversational fillers, ``<UNK>``/``<unk>``, the punctuation tags and the garbage
-   utterance tags listed below.
+   utterance tags (the lists are in :mod:`icefall.data.gigaspeech_tags`, shared with the
+   training-text normalisation).
 
 Other characters (apostrophes, digits) are kept as they are.
 
@@ -27,25 +28,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-# Official list, in the official order. Note "UHH" (often left out of quoted versions);
-# "OH", "HMM", "UMM", "MHM" are not GigaSpeech fillers (they are in icefall's SPGISpeech/
-# Switchboard variants of this script, not here).
-CONVERSATIONAL_FILLERS: tuple[str, ...] = (
-    "UH", "UHH", "UM", "EH", "MM", "HM", "AH", "HUH", "HA", "ER", "OOF", "HEE", "ACH",
-    "EEE", "EW",
+from icefall.data.gigaspeech_tags import (
+    CONVERSATIONAL_FILLERS,
+    GARBAGE_UTTERANCE_TAGS,
+    PUNCTUATION_TAGS,
 )
+
 # Unknown-word tags; "<unk>" is listed too although upper-casing already maps it to "<UNK>".
 UNK_TAGS: tuple[str, ...] = ("<UNK>", "<unk>")
-# GigaSpeech transcripts spell punctuation as tags.
-GIGASPEECH_PUNCTUATIONS: tuple[str, ...] = (
-    "<COMMA>", "<PERIOD>", "<QUESTIONMARK>", "<EXCLAMATIONPOINT>",
-)
-# Tags that mark non-speech segments.
-GIGASPEECH_GARBAGE_UTTERANCE_TAGS: tuple[str, ...] = ("<SIL>", "<NOISE>", "<MUSIC>", "<OTHER>")
 
 NON_SCORING_WORDS: frozenset[str] = frozenset(
-    CONVERSATIONAL_FILLERS + UNK_TAGS + GIGASPEECH_PUNCTUATIONS
-    + GIGASPEECH_GARBAGE_UTTERANCE_TAGS)
+    CONVERSATIONAL_FILLERS + UNK_TAGS + PUNCTUATION_TAGS + GARBAGE_UTTERANCE_TAGS)
 
 
 def asr_text_post_processing(text: str) -> str:

@@ -6,7 +6,6 @@ so recipes and checkpoints move between the two toolkits unchanged.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,12 +54,12 @@ MODEL_DEFAULTS: dict[str, Any] = {
 }
 
 
-def model_config(params: Mapping[str, Any] | argparse.Namespace) -> dict[str, Any]:
+def model_config(params: Mapping[str, Any] | object) -> dict[str, Any]:
     """The model-construction values of ``params`` as plain types (for checkpoints).
 
     Missing keys take icefall's defaults.
     """
-    src = vars(params) if isinstance(params, argparse.Namespace) else params
+    src = params if isinstance(params, Mapping) else vars(params)
     cfg = {}
     for key, default in MODEL_DEFAULTS.items():
         value = src.get(key, default)
@@ -95,7 +94,7 @@ def get_encoder_model(cfg: Mapping[str, Any]) -> Zipformer2:
     )
 
 
-def get_model(params: Mapping[str, Any] | argparse.Namespace) -> AsrModel:
+def get_model(params: Mapping[str, Any] | object) -> AsrModel:
     """Builds the transducer from icefall-named values (an AttributeDict, dict or Namespace).
 
     With ``use_adapters`` true, every encoder layer gets four fresh adapters of

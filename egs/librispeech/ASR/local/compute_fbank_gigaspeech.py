@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import argparse
 
-from icefall.data import add_fbank_arguments, setup_fbank_script
-from icefall.data.prepare import (
-    GIGASPEECH_ALL_SUBSETS,
-    GIGASPEECH_SUBSETS,
-    compute_gigaspeech_fbank,
-    run_cli,
-    split_names,
-)
+import gigaspeech
+
+from icefall.cli import run_guarded
+from icefall.cli.data import add_fbank_arguments, setup_fbank_script, split_names
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fbank_arguments(parser)
-    parser.add_argument("--subsets", type=str, default=" ".join(GIGASPEECH_SUBSETS),
+    parser.add_argument("--subsets", type=str, default=" ".join(gigaspeech.SUBSETS),
                         help="Space-separated GigaSpeech subsets.")
     return parser
 
@@ -38,10 +34,10 @@ def get_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_parser().parse_args()
     setup_fbank_script()
-    subsets = split_names(args.subsets, GIGASPEECH_ALL_SUBSETS, "GigaSpeech subset")
-    compute_gigaspeech_fbank(args.manifest_dir, args.output_dir, subsets, args.num_jobs,
-                             args.progress_bar)
+    subsets = split_names(args.subsets, gigaspeech.ALL_SUBSETS, "GigaSpeech subset")
+    gigaspeech.compute_features(args.manifest_dir, args.output_dir, subsets, args.num_jobs,
+                                args.progress_bar)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_guarded(main)

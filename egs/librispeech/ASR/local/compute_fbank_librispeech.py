@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 
+import librispeech
+
+from icefall.cli import run_guarded
+from icefall.cli.data import add_fbank_arguments, setup_fbank_script, split_names
 from icefall.cli.flags import str2bool
-from icefall.data import add_fbank_arguments, setup_fbank_script
-from icefall.data.prepare import (
-    LIBRISPEECH_PARTS,
-    compute_librispeech_fbank,
-    make_train_all_shuf,
-    run_cli,
-    split_names,
-)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -46,13 +42,13 @@ def get_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_parser().parse_args()
     setup_fbank_script()
-    parts = split_names(args.dataset, LIBRISPEECH_PARTS, "LibriSpeech part") \
+    parts = split_names(args.dataset, librispeech.PARTS, "LibriSpeech part") \
         if args.dataset else None
-    compute_librispeech_fbank(args.manifest_dir, args.output_dir, parts, args.num_jobs,
-                              args.perturb_speed, args.progress_bar)
+    librispeech.compute_features(args.manifest_dir, args.output_dir, parts, args.num_jobs,
+                                 args.perturb_speed, args.progress_bar)
     if args.train_all_shuf:
-        make_train_all_shuf(args.output_dir, args.seed)
+        librispeech.make_train_all_shuf(args.output_dir, args.seed)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_guarded(main)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-from icefall.data import add_fbank_arguments, setup_fbank_script
-from icefall.data.prepare import compute_musan_fbank, run_cli
+import musan
+
+from icefall.cli import run_guarded
+from icefall.cli.data import add_fbank_arguments, setup_fbank_script
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -28,8 +30,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_parser().parse_args()
     setup_fbank_script()
-    compute_musan_fbank(args.manifest_dir, args.output_dir, args.num_jobs, args.progress_bar)
+    musan.compute_features(args.manifest_dir, args.output_dir, args.num_jobs, args.progress_bar)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_guarded(main)

@@ -21,17 +21,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import gigaspeech
+import librispeech
+import musan
+
+from icefall.cli import run_guarded
+from icefall.cli.data import split_names
 from icefall.cli.flags import str2bool
-from icefall.data.prepare import (
-    GIGASPEECH_ALL_SUBSETS,
-    GIGASPEECH_SUBSETS,
-    LIBRISPEECH_PARTS,
-    download_gigaspeech_corpus,
-    download_librispeech_parts,
-    download_musan_corpus,
-    run_cli,
-    split_names,
-)
 from icefall.utils import setup_logger
 
 
@@ -45,7 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--musan", type=str2bool, default=True, help="Get MUSAN too.")
     parser.add_argument("--gigaspeech", type=str2bool, default=True,
                         help="Get GigaSpeech too (needs <dl-dir>/password).")
-    parser.add_argument("--gigaspeech-subsets", type=str, default=" ".join(GIGASPEECH_SUBSETS),
+    parser.add_argument("--gigaspeech-subsets", type=str, default=" ".join(gigaspeech.SUBSETS),
                         help="Space-separated GigaSpeech subsets.")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="Seconds before an unanswered connection counts as failed.")
@@ -55,15 +51,15 @@ def get_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_parser().parse_args()
     setup_logger()
-    parts = split_names(args.librispeech_parts, LIBRISPEECH_PARTS, "LibriSpeech part")
-    download_librispeech_parts(args.dl_dir, parts, timeout=args.timeout)
+    parts = split_names(args.librispeech_parts, librispeech.PARTS, "LibriSpeech part")
+    librispeech.download_parts(args.dl_dir, parts, timeout=args.timeout)
     if args.musan:
-        download_musan_corpus(args.dl_dir, timeout=args.timeout)
+        musan.download_corpus(args.dl_dir, timeout=args.timeout)
     if args.gigaspeech:
-        subsets = split_names(args.gigaspeech_subsets,
-                              GIGASPEECH_ALL_SUBSETS, "GigaSpeech subset")
-        download_gigaspeech_corpus(args.dl_dir, subsets, timeout=args.timeout)
+        subsets = split_names(args.gigaspeech_subsets, gigaspeech.ALL_SUBSETS,
+                              "GigaSpeech subset")
+        gigaspeech.download_corpus(args.dl_dir, subsets, timeout=args.timeout)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_guarded(main)

@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from icefall.data.prepare import (
-    GIGASPEECH_ALL_SUBSETS,
-    GIGASPEECH_SUBSETS,
-    prepare_gigaspeech_manifests,
-    prepare_librispeech_manifests,
-    prepare_musan_manifests,
-    run_cli,
-    split_names,
-)
+import gigaspeech
+import librispeech
+import musan
+
+from icefall.cli import run_guarded
+from icefall.cli.data import split_names
 from icefall.utils import setup_logger
 
 
@@ -43,7 +40,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="download/LibriSpeech, download/musan or download/GigaSpeech.")
     parser.add_argument("--output-dir", type=Path, default=Path("data/manifests"))
     parser.add_argument("--num-jobs", type=int, default=1, help="Parallel readers.")
-    parser.add_argument("--subsets", type=str, default=" ".join(GIGASPEECH_SUBSETS),
+    parser.add_argument("--subsets", type=str, default=" ".join(gigaspeech.SUBSETS),
                         help="GigaSpeech subsets (space-separated).")
     return parser
 
@@ -52,13 +49,13 @@ def main() -> None:
     args = get_parser().parse_args()
     setup_logger()
     if args.dataset == "librispeech":
-        prepare_librispeech_manifests(args.corpus_dir, args.output_dir, args.num_jobs)
+        librispeech.prepare_manifests(args.corpus_dir, args.output_dir, args.num_jobs)
     elif args.dataset == "musan":
-        prepare_musan_manifests(args.corpus_dir, args.output_dir)
+        musan.prepare_manifests(args.corpus_dir, args.output_dir)
     else:
-        subsets = split_names(args.subsets, GIGASPEECH_ALL_SUBSETS, "GigaSpeech subset")
-        prepare_gigaspeech_manifests(args.corpus_dir, args.output_dir, subsets, args.num_jobs)
+        subsets = split_names(args.subsets, gigaspeech.ALL_SUBSETS, "GigaSpeech subset")
+        gigaspeech.prepare_manifests(args.corpus_dir, args.output_dir, subsets, args.num_jobs)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_guarded(main)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from icefall.data.prepare import prepare_bpe, run_cli
+import librispeech
+
+from icefall.cli import run_guarded
 from icefall.utils import setup_logger
 
 
@@ -39,8 +41,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_parser().parse_args()
     setup_logger()
-    prepare_bpe(args.lang_dir, args.vocab_size, args.manifest_dir, args.transcript)
+    librispeech.prepare_bpe(args.lang_dir, args.vocab_size, args.manifest_dir, args.transcript)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_guarded(main)

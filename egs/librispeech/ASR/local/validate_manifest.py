@@ -19,8 +19,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import musan
+
+from icefall.cli import run_guarded
 from icefall.cli.flags import str2bool
-from icefall.data.prepare import run_cli, validate_manifest
+from icefall.data.validation import validate_manifest
 from icefall.utils import setup_logger
 
 
@@ -38,9 +41,9 @@ def main() -> None:
     args = get_parser().parse_args()
     setup_logger()
     for manifest in args.manifests:
-        validate_manifest(manifest, num_mel_bins=args.num_mel_bins,
-                          read_features=args.read_features)
+        validate_manifest(manifest, require_supervisions=not musan.is_musan_manifest(manifest),
+                          num_mel_bins=args.num_mel_bins, read_features=args.read_features)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_guarded(main)

@@ -18,12 +18,9 @@ import argparse
 
 from lhotse import CutSet, load_manifest
 
-from icefall.data import (
-    STORAGE_TYPES,
-    add_fbank_arguments,
-    compute_fbank_for_part,
-    setup_fbank_script,
-)
+from icefall.cli import run_guarded
+from icefall.cli.data import add_fbank_arguments, setup_fbank_script
+from icefall.data.fbank import STORAGE_TYPES, compute_fbank_for_part
 
 PARTS = ("train", "dev", "test")
 
@@ -55,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_guarded(main)

@@ -46,7 +46,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from espeak import TARGET_SAMPLE_RATE, Espeak  # noqa: E402
+from espeak import TARGET_SAMPLE_RATE, Espeak, EspeakError  # noqa: E402
+
+from icefall.cli import exit_with_error, run_guarded  # noqa: E402
 
 DOMAINS = ("a", "b")
 PARTS = ("test", "dev", "train")  # generation order: test sentences are drawn first
@@ -684,4 +686,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    main()
+    try:
+        run_guarded(main)
+    except EspeakError as e:  # no eSpeak NG library or data, or a voice it does not have
+        exit_with_error(e)

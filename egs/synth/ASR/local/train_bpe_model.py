@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lhotse import load_manifest_lazy
 
+from icefall.cli import run_guarded
 from icefall.data import train_bpe_model
 
 
@@ -38,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_guarded(main)
