@@ -341,3 +341,16 @@ def test_lora_follows_the_model_dtype():
     merged = _encode(model.eval(), x, x_lens)
     unmerged = _encode(set_adapter_training(model), x, x_lens)
     assert merged.dtype == torch.float64 and (merged - unmerged).abs().max() < 1e-10
+
+
+def test_merging_keeps_float32_under_autocast_and_runs_on_the_meta_device():
+    layer = _random_lora_linear()
+    exact = layer.lora_B.detach().double() @ layer.lora_A.detach().double() * layer.scaling
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as under --use-bf16
+        delta = layer.delta_weight()
+    assert delta.dtype == torch.float32 and (delta.double() - exact).abs().max() < 1e-6
+    with torch.device("meta"):  # how decoding probes a checkpoint's layout
+        model = _lora_model()
+    model.eval()
+    assert all(m.merged for m in lora_modules(model))
+    assert list(model.state_dict()) == list(_lora_model().state_dict())

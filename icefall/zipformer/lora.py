@@ -42,11 +42,24 @@ from icefall.zipformer.scaling import (
 LORA_ALPHA = 4.0  # icefall's zipformer_lora: lora_alpha=4 in every LoRA layer
 
 
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context with autocast off on ``device`` (nothing to switch off where autocast
+    does not exist, e.g. on the meta device)."""
+    available = getattr(torch.amp, "is_autocast_available",
+                        lambda t: t in ("cpu", "cuda"))
+    if available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class LoRALinear(nn.Linear):
     """A linear layer with a low-rank update; wraps an existing ``nn.Linear`` and shares
     its ``weight`` (O, I) and ``bias`` (O,) Parameters.
 
     As in icefall, the base weight gets ``requires_grad=False`` (the bias does not).
+    While merged, the state dict holds the unmerged weight (a computed tensor, not the
+    Parameter, even with ``keep_vars``), and loading writes the unmerged weight and then
+    merges the loaded update.
 
     Args:
       base: the layer to wrap; r: the rank (>= 1); alpha: the update is scaled by alpha / r;
@@ -74,7 +87,7 @@ class LoRALinear(nn.Linear):
     def delta_weight(self) -> Tensor:
         """B @ A * alpha / r: (O, I) in the weight's dtype, computed in at least float32."""
         dtype = torch.promote_types(self.weight.dtype, torch.float32)
-        with torch.no_grad(), torch.autocast(self.weight.device.type, enabled=False):
+        with torch.no_grad(), _autocast_off(self.weight.device):
             delta = (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scaling  # (O, I)
         return delta.to(self.weight.dtype)
 
@@ -160,7 +173,7 @@ class LoRAActivationDropoutAndLinear(nn.Module):
         linear.weight = base.weight
         linear.register_parameter("bias", base.bias)
         linear.train(base.training)
-        self.l = LoRALinear(linear, r, alpha, dropout)  # noqa: E741 (icefall's name)
+        self.l = LoRALinear(linear, r, alpha, dropout)  # icefall's name
         self.weight = self.l.weight
         self.register_parameter("bias", self.l.bias)
         self.activation = SwooshL() if base.activation == "SwooshL" else SwooshR()
