@@ -1,7 +1,8 @@
 """Zipformer2 transducer with residual adapters, icefall-compatible.
 
 Modules: scaling (primitives), subsampling (frontend), attention, layer, encoder,
-adapters, decoder, joiner, model (AsrModel), build (get_model and its defaults).
+adapters, lora (icefall's zipformer_lora), decoder, joiner, model (AsrModel), build
+(get_model and its defaults).
 """
 
 from icefall.zipformer.adapters import (
@@ -26,6 +27,18 @@ from icefall.zipformer.build import (
     get_model,
     model_config,
 )
+from icefall.zipformer.lora import (
+    LoRAActivationDropoutAndLinear,
+    LoRALinear,
+    add_lora,
+    lora_modules,
+    lora_parameters,
+    lora_unmerged,
+    lora_weight_aliases,
+    merge_lora,
+    merged_state_dict,
+    unmerge_lora,
+)
 from icefall.zipformer.model import AsrModel
 
 __all__ = [
@@ -35,4 +48,7 @@ __all__ = [
     "count_parameters", "freeze_all_but_adapters", "get_model",
     "has_adapters", "iter_adapters", "load_adapter_state_dict", "model_config", "remove_adapters",
     "set_adapter_training", "set_adapters_enabled",
+    "LoRAActivationDropoutAndLinear", "LoRALinear", "add_lora", "lora_modules",
+    "lora_parameters", "lora_unmerged", "lora_weight_aliases", "merge_lora",
+    "merged_state_dict", "unmerge_lora",
 ]

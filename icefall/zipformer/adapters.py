@@ -2,7 +2,9 @@
 
 Adapters are found by type (:class:`Adapter`), never by parameter-name substrings.
 The functions here add them, switch them on and off at run time, freeze everything
-else, and save or load them on their own.
+else, and save or load them on their own. The parameter, freezing, training-mode and
+adapter-state-dict helpers also cover LoRA (:class:`icefall.zipformer.lora.LoRALinear`:
+its ``lora_A``/``lora_B`` train, its base weight and bias stay frozen).
 
 Dimension legend: C = embed_dim of the layer, A = adapter (bottleneck) dim.
 """
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from icefall.zipformer.layer import ADAPTER_SLOTS, Zipformer2EncoderLayer
+from icefall.zipformer.lora import lora_modules, lora_parameters, lora_unmerged
 from icefall.zipformer.scaling import SwooshL
 
 
@@ -126,11 +129,13 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
 
 
 def _adapter_parameter_ids(model: nn.Module) -> set[int]:
-    return {id(p) for _, a in iter_adapters(model) for p in a.parameters()}
+    ids = {id(p) for _, a in iter_adapters(model) for p in a.parameters()}
+    return ids | {id(p) for p in lora_parameters(model)}
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """All adapter parameters, in model.parameters() order."""
+    """All adapter parameters (LoRA's lora_A/lora_B included), in model.parameters()
+    order."""
     ids = _adapter_parameter_ids(model)
     return [p for p in model.parameters() if id(p) in ids]
 
@@ -149,14 +154,18 @@ def freeze_all_but_adapters(model: nn.Module) -> None:
 
 
 def set_adapter_training(model: nn.Module, mode: bool = True) -> nn.Module:
-    """Puts adapters in train mode ``mode`` and every other module in eval mode.
+    """Puts adapters and LoRA layers in train mode ``mode`` and every other module in eval
+    mode.
 
     Frozen modules then behave as at inference: no dropout, no layer skipping, no
-    training-time regularisers, and the first chunk size of a causal model.
+    training-time regularisers, and the first chunk size of a causal model. LoRA layers
+    in train mode keep their update unmerged (it is what trains).
     """
     model.eval()
     for _, adapter in iter_adapters(model):
         adapter.train(mode)
+    for layer in lora_modules(model):
+        layer.train(mode)
     return model
 
 
@@ -185,7 +194,7 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
         if state[key].shape != own[key].shape:
             raise ValueError(f"adapter key '{key}': checkpoint shape "
                              f"{tuple(state[key].shape)} != model shape {tuple(own[key].shape)}")
-    with torch.no_grad():
+    with torch.no_grad(), lora_unmerged(model):  # merged LoRA weights follow the new values
         for key, value in state.items():
             own[key].copy_(value)
 

@@ -14,6 +14,7 @@ from icefall.zipformer.adapters import add_adapters
 from icefall.zipformer.decoder import Decoder
 from icefall.zipformer.encoder import Zipformer2
 from icefall.zipformer.joiner import Joiner
+from icefall.zipformer.lora import add_lora
 from icefall.zipformer.model import AsrModel
 from icefall.zipformer.scaling import ScheduledFloat
 from icefall.zipformer.subsampling import Conv2dSubsampling
@@ -47,6 +48,9 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "use_ctc": False,
     "use_adapters": False,
     "adapter_dim": 16,
+    # zipformer_lora: LoRA of rank lora_r when use_lora (and lora_r > 0, as in icefall).
+    "use_lora": False,
+    "lora_r": 0,
     "feature_dim": 80,
     "vocab_size": 500,
     "blank_id": 0,
@@ -98,7 +102,11 @@ def get_model(params: Mapping[str, Any] | object) -> AsrModel:
     """Builds the transducer from icefall-named values (an AttributeDict, dict or Namespace).
 
     With ``use_adapters`` true, every encoder layer gets four fresh adapters of
-    ``adapter_dim``.
+    ``adapter_dim``; with ``use_lora`` true and ``lora_r`` > 0, LoRA of rank ``lora_r``
+    as icefall's zipformer_lora (see :mod:`icefall.zipformer.lora`).
+
+    Raises:
+      ValueError: for a negative ``lora_r``.
     """
     cfg = AttributeDict(model_config(params))
     encoder_dims = _tuple(cfg, "encoder_dim")
@@ -118,4 +126,9 @@ def get_model(params: Mapping[str, Any] | object) -> AsrModel:
                      use_transducer=bool(cfg.use_transducer), use_ctc=bool(cfg.use_ctc))
     if cfg.use_adapters:
         add_adapters(model, int(cfg.adapter_dim))
+    lora_r = int(cfg.lora_r)
+    if lora_r < 0:
+        raise ValueError(f"--lora-r must be >= 0, got {lora_r}")
+    if cfg.use_lora and lora_r > 0:  # icefall: rank 0 means no LoRA
+        add_lora(model, lora_r)
     return model
