@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import write_section  # noqa: E402
 from icefall.cli.train import get_parser  # noqa: E402
 from icefall.data import load_bpe_model, train_bpe_model  # noqa: E402
+from icefall.data.tokenizer import set_model_dims_from_bpe  # noqa: E402
 from icefall.trainer import (  # noqa: E402
     get_params,
     make_train_state,
@@ -111,7 +112,7 @@ def make_state(setup: str, args: argparse.Namespace, bpe: Path):
     params.update(vars(flags))
     params.update(world_size=1, cur_epoch=1, batch_idx_train=1000)
     sp = load_bpe_model(bpe)
-    params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
+    set_model_dims_from_bpe(params, sp)
     torch.manual_seed(0)
     st, _ = make_train_state(params, 0, 1, torch.device(args.device), sp)
     set_train_mode(st.model, params)

@@ -23,6 +23,7 @@ from icefall.amp import (
 from icefall.checkpoint import load_checkpoint_file, update_averaged_model
 from icefall.cli.train import get_parser, main
 from icefall.data import load_bpe_model
+from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.trainer import (
     get_params,
     get_rng_state,
@@ -205,7 +206,7 @@ def _state_for(corpus, tmp_path):
     params.update(vars(args))
     params.world_size = 1
     sp = load_bpe_model(params.bpe_model)
-    params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
+    set_model_dims_from_bpe(params, sp)
     st, _ = make_train_state(params, 0, 1, CPU, sp)
     return params, st, make_dataloaders(params, sp, None)[0]
 
