@@ -24,7 +24,7 @@ HEADER = (
 )
 
 sys.path.insert(0, str(ROOT))
-from icefall.utils import atomic_write_text  # noqa: E402
+from icefall.files import atomic_write_text  # noqa: E402
 
 
 def machine_line() -> str:

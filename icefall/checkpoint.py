@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +22,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from icefall.files import atomic_write
+from icefall.pickle_scan import dangerous_globals, pickle_globals, untrusted_globals
 
 
 class CheckpointError(ValueError):
@@ -51,13 +53,7 @@ def save_checkpoint(filename: str | Path, **content: Any) -> None:
     data = to_cpu({k: (v.state_dict() if hasattr(v, "state_dict") else v)
                    for k, v in content.items()})
     filename.parent.mkdir(parents=True, exist_ok=True)
-    tmp = filename.with_name(f".{filename.name}.tmp{os.getpid()}")
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, filename)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(filename, lambda tmp: torch.save(data, tmp))
 
 
 def load_checkpoint_file(filename: str | Path, allow_unsafe: bool = False) -> dict[str, Any]:
@@ -76,23 +72,35 @@ def load_checkpoint_file(filename: str | Path, allow_unsafe: bool = False) -> di
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found is None:  # not a disallowed class: the file itself is broken
+        if re.search(r"GLOBAL ([\w.]+)", str(e)) is None:  # the file itself is broken
             raise CheckpointError(f"cannot read checkpoint {path}: not a valid torch "
                                   "checkpoint file") from e
-        if not allow_unsafe:
-            raise CheckpointError(
-                f"{path} stores Python objects ({found.group(1)}), so it only loads with "
-                "full unpickling, which can run arbitrary code (icefall's own epoch-N.pt "
-                "keeps params as an AttributeDict). Load it only if you trust it: pass "
-                "--trust-checkpoint 1, or keep only its model weights: "
-                "torch.save({'model': ckpt['model']}, ...)") from e
+        _check_may_unpickle(path, allow_unsafe)
         data = _load_trusted(path)
     except Exception as e:  # noqa: BLE001 - any read/format failure is reported the same way
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict (got {type(data)})")
     return data
+
+
+def _check_may_unpickle(path: Path, allow_unsafe: bool) -> None:
+    """Raises CheckpointError unless full unpickling of ``path`` is allowed: the user opted
+    in, and its pickle imports nothing that runs commands, touches files or evaluates code
+    (such a file is refused even then)."""
+    names = pickle_globals(path)
+    dangerous = dangerous_globals(names)
+    if dangerous:
+        raise CheckpointError(
+            f"refusing {path}: unpickling it would call {', '.join(dangerous[:5])}, which no "
+            "checkpoint needs (it can run commands or touch files); do not load this file")
+    if not allow_unsafe:
+        listed = ", ".join(untrusted_globals(names)[:6]) or "Python objects"
+        raise CheckpointError(
+            f"{path} stores Python objects ({listed}), so it only loads with full "
+            "unpickling (icefall's own epoch-N.pt keeps params as an AttributeDict). If you "
+            "trust the file, pass --trust-checkpoint 1, or keep only its model weights: "
+            "torch.save({'model': ckpt['model']}, ...)")
 
 
 def _load_trusted(path: Path) -> dict[str, Any]:
@@ -189,20 +197,24 @@ def average_checkpoints_with_averaged_model(filename_start: str | Path,
     """The average of the model over the batches between two checkpoints, from their
     running averages (icefall's --use-averaged-model 1):
 
-      avg = (avg_end * n_end - avg_start * n_start) / (n_end - n_start)
+      avg = (avg_end * k_end - avg_start * k_start) / (k_end - k_start)
 
-    with n the ``params["batch_idx_train"]`` stored in each checkpoint.
+    where k is the number of updates each running average holds: ``batch_idx_train //
+    average_period`` (both stored in the checkpoint's params). icefall weighs by the batch
+    counts n instead, which is the same when they are multiples of the period, and
+    extrapolates when they are not (a start checkpoint before the first update, as short
+    epochs give); a file without ``average_period`` is weighed by n as icefall does.
+
+    Raises:
+      CheckpointError: no update of the running average falls between the two checkpoints
+        (the result would be the start's stale average, or an extrapolation).
     """
     start = load_checkpoint_file(filename_start, allow_unsafe)
     end = load_checkpoint_file(filename_end, allow_unsafe)
-    n_start = int(_params(start, filename_start)["batch_idx_train"])
-    n_end = int(_params(end, filename_end)["batch_idx_train"])
-    if n_end <= n_start:
-        raise CheckpointError(f"{filename_end} (batch {n_end}) is not later than "
-                              f"{filename_start} (batch {n_start})")
+    k_start, k_end = _average_updates(start, end, filename_start, filename_end)
     avg_start = model_state_from(start, filename_start, "model_avg")
     avg_end = model_state_from(end, filename_end, "model_avg")
-    weight_end, weight_start = n_end / (n_end - n_start), -n_start / (n_end - n_start)
+    weight_end, weight_start = k_end / (k_end - k_start), -k_start / (k_end - k_start)
     out: dict[str, Tensor] = {}
     for k, v in avg_end.items():
         if v.is_floating_point():
@@ -210,6 +222,27 @@ def average_checkpoints_with_averaged_model(filename_start: str | Path,
         else:
             out[k] = v.clone()
     return out
+
+
+def _average_updates(start: Mapping[str, Any], end: Mapping[str, Any], path_start: str | Path,
+                     path_end: str | Path) -> tuple[int, int]:
+    """(k_start, k_end): how many updates each running average holds (see above)."""
+    p_start, p_end = _params(start, path_start), _params(end, path_end)
+    n_start, n_end = int(p_start["batch_idx_train"]), int(p_end["batch_idx_train"])
+    if n_end <= n_start:
+        raise CheckpointError(f"{path_end} (batch {n_end}) is not later than "
+                              f"{path_start} (batch {n_start})")
+    period = p_end.get("average_period")
+    if not period:
+        return n_start, n_end
+    k_start, k_end = n_start // int(period), n_end // int(period)
+    if k_end <= k_start:
+        raise CheckpointError(
+            f"--use-averaged-model 1: the running average is updated every "
+            f"--average-period {period} batches, and none falls between {path_start} (batch "
+            f"{n_start}) and {path_end} (batch {n_end}); use --use-averaged-model 0, or "
+            "checkpoints further apart (a larger --avg)")
+    return k_start, k_end
 
 
 def _params(data: Mapping[str, Any], path: str | Path) -> Mapping[str, Any]:

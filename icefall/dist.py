@@ -31,7 +31,13 @@ def setup_dist(rank: int, world_size: int, master_port: int | None = None,
             os.environ.setdefault("MASTER_ADDR", "localhost")
             os.environ["MASTER_PORT"] = str(master_port or 12354)
         backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        try:
+            dist.init_process_group(backend, rank=rank, world_size=world_size)
+        except RuntimeError as e:
+            if "EADDRINUSE" in str(e) or "address already in use" in str(e).lower():
+                raise OSError(f"--master-port {os.environ['MASTER_PORT']} is already in use; "
+                              "choose another port") from e
+            raise
         logging.info(f"Joined process group: rank {rank} of {world_size} ({backend})")
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", rank))

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_TOKENS = 1_000_000  # no vocabulary is larger; bounds what a bad file can allocate
+
 
 def read_token_table(path: str | Path) -> list[str]:
-    """``tokens.txt`` as a list indexed by id; ids missing from the file map to ``""``.
+    """``tokens.txt`` as a list indexed by id (ids 0 .. n-1, each once).
 
     Raises:
       ValueError: naming the file (and line) when it is missing, unreadable or malformed.
@@ -25,11 +27,17 @@ def read_token_table(path: str | Path) -> list[str]:
         if not fields:
             continue
         if len(fields) != 2 or not fields[1].isdigit():
-            raise ValueError(f"{path}:{lineno}: expected '<token> <id>', got '{line}'")
-        table[int(fields[1])] = fields[0]
+            raise ValueError(f"{path}:{lineno}: expected '<token> <id>', got '{line[:80]}'")
+        i = int(fields[1])
+        if i in table:
+            raise ValueError(f"{path}:{lineno}: id {i} is given twice")
+        if i >= MAX_TOKENS:
+            raise ValueError(f"{path}:{lineno}: id {i} is not below {MAX_TOKENS}")
+        table[i] = fields[0]
     if not table:
         raise ValueError(f"tokens file {path} has no tokens")
-    tokens = [""] * (max(table) + 1)
-    for i, tok in table.items():
-        tokens[i] = tok
-    return tokens
+    if max(table) != len(table) - 1:  # ids must be 0 .. n-1, each once
+        gap = next(i for i in range(len(table)) if i not in table)
+        raise ValueError(f"{path}: ids must run from 0 to {len(table) - 1} without gaps; "
+                         f"{gap} is missing")
+    return [table[i] for i in range(len(table))]

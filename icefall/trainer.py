@@ -22,7 +22,6 @@ import copy
 import logging
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,17 +48,18 @@ from icefall.checkpoint import (
     update_averaged_model,
 )
 from icefall.data import AsrDataModule, encode, filter_cuts, load_bpe_model, load_cuts
-from icefall.data.manifests import check_manifest, count_cuts
+from icefall.data.manifests import count_cuts
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.dist import (
     cleanup_dist,
     configure_threads,
     default_device,
-    launch,
+    launched_by_torchrun,
     max_checksum_difference_across_ranks,
     setup_dist,
 )
 from icefall.errors import TrainingStoppedError
+from icefall.files import atomic_copy, remove_stale_temporaries
 from icefall.finetune import (
     finetune_state,
     load_finetune_checkpoint,
@@ -68,6 +68,12 @@ from icefall.finetune import (
 from icefall.hooks import register_inf_check_hooks
 from icefall.metrics import MetricsTracker
 from icefall.optim import Eden, ScaledAdam, get_parameter_groups_with_lrs
+from icefall.preflight import (
+    check_exp_dir,
+    check_port_free,
+    check_resume_data,
+    check_training_manifests,
+)
 from icefall.utils import AttributeDict, setup_logger
 from icefall.zipformer import (
     adapter_parameters,
@@ -262,6 +268,13 @@ def save_training_checkpoint(filename: Path, params: AttributeDict, model: nn.Mo
     the file loads on any device; atomically)."""
     avg = None if model_avg is None else {k: v.float() for k, v in
                                          model_avg.state_dict().items()}
+    for state in (unwrap(model).state_dict(), avg or {}):
+        bad = next((k for k, v in state.items() if v.is_floating_point()
+                    and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise TrainingStoppedError(
+                f"parameter {bad} is not finite at batch {params.batch_idx_train}: not writing "
+                f"{filename}; earlier checkpoints in {Path(filename).parent} are kept")
     save_checkpoint(filename, model=unwrap(model).state_dict(), model_avg=avg,
                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                     grad_scaler=scaler.state_dict(),
@@ -484,9 +497,9 @@ def _log_progress(params: AttributeDict, st: TrainState, batch_idx: int,
             st.tb_writer.add_scalar("train/grad_scale", scale, b)
 
 
-def _periodic(params: AttributeDict, st: TrainState, train_dl, batch_idx: int,
-              info: MetricsTracker, tot: MetricsTracker, speed: float) -> None:
-    """Model averaging, mid-epoch checkpoints and progress logs after a batch."""
+def _periodic(params: AttributeDict, st: TrainState, train_dl) -> None:
+    """Model averaging and mid-epoch checkpoints after every batch, skipped ones too (the
+    average must be updated at every multiple of --average-period)."""
     b = params.batch_idx_train
     if st.rank == 0 and st.model_avg is not None and b % params.average_period == 0:
         update_averaged_model(st.model_avg, unwrap(st.model), b, params.average_period)
@@ -495,8 +508,6 @@ def _periodic(params: AttributeDict, st: TrainState, train_dl, batch_idx: int,
                                  st.model, st.model_avg, st.optimizer, st.scheduler,
                                  st.scaler, train_dl.sampler)
         remove_checkpoints(params.exp_dir, params.keep_last_k)
-    if batch_idx % params.log_interval == 0:
-        _log_progress(params, st, batch_idx, info, tot, speed)
 
 
 def validate(params: AttributeDict, st: TrainState, valid_dl) -> None:
@@ -533,13 +544,15 @@ def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl,
         info = train_step(params, st, batch)
         if st.guard is not None:  # after every batch, skipped ones too (as icefall)
             st.guard.after_step(batch_idx)
+        _periodic(params, st, train_dl)
         if info is None:
             continue
         utts += info["utterances"]
         tot = tot * (1.0 - 1.0 / params.reset_interval) + info
         epoch_tot = epoch_tot + info
-        speed = utts / max(time.time() - start, 1e-6)
-        _periodic(params, st, train_dl, batch_idx, info, tot, speed)
+        if batch_idx % params.log_interval == 0:
+            speed = utts / max(time.time() - start, 1e-6)
+            _log_progress(params, st, batch_idx, info, tot, speed)
         if batch_idx > 0 and batch_idx % params.valid_interval == 0:
             validate(params, st, valid_dl)
             set_train_mode(st.model, params)
@@ -554,22 +567,25 @@ def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl,
     params.train_loss = epoch_tot["loss"] / max(epoch_tot["frames"], 1.0)
     if params.train_loss < params.best_train_loss:
         params.best_train_epoch, params.best_train_loss = params.cur_epoch, params.train_loss
-    validate(params, st, valid_dl)
 
 
 def save_epoch_checkpoint(params: AttributeDict, st: TrainState, sampler) -> None:
-    """epoch-N.pt, and best-train-loss.pt / best-valid-loss.pt copies as icefall makes."""
+    """epoch-N.pt (written before validation, so a failing validation set loses nothing)."""
+    if st.rank == 0:
+        save_training_checkpoint(Path(params.exp_dir) / f"epoch-{params.cur_epoch}.pt",
+                                 params, st.model, st.model_avg, st.optimizer, st.scheduler,
+                                 st.scaler, sampler)
+
+
+def copy_best_checkpoints(params: AttributeDict, st: TrainState) -> None:
+    """best-train-loss.pt / best-valid-loss.pt: copies of epoch-N.pt, as icefall makes."""
     if st.rank != 0:
         return
     exp_dir = Path(params.exp_dir)
-    filename = exp_dir / f"epoch-{params.cur_epoch}.pt"
-    save_training_checkpoint(filename, params, st.model, st.model_avg, st.optimizer,
-                             st.scheduler, st.scaler, sampler)
     for kind in ("train", "valid"):
         if params[f"best_{kind}_epoch"] == params.cur_epoch:
-            tmp = exp_dir / f".best-{kind}-loss.pt.tmp"
-            shutil.copyfile(filename, tmp)
-            tmp.replace(exp_dir / f"best-{kind}-loss.pt")
+            atomic_copy(exp_dir / f"epoch-{params.cur_epoch}.pt",
+                        exp_dir / f"best-{kind}-loss.pt")
 
 
 # ---------------------------------------------------------------------------------------
@@ -711,6 +727,8 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
         resume = resume_mid_epoch and epoch == params.start_epoch
         train_one_epoch(params, st, train_dl, valid_dl, checkpoint["rng"] if resume else None)
         save_epoch_checkpoint(params, st, train_dl.sampler)
+        validate(params, st, valid_dl)
+        copy_best_checkpoints(params, st)
     spread = max_checksum_difference_across_ranks(unwrap(st.model))
     if world_size > 1:
         logging.info(f"Max parameter checksum difference across {world_size} ranks: "
@@ -746,17 +764,33 @@ def set_mux_weights(params: AttributeDict) -> None:
     logging.info(f"--mux-weights {params.mux_weights} (the manifests' cut counts)")
 
 
+def check_finetune_flags(params: AttributeDict, resuming: bool) -> None:
+    """A new fine-tuning run needs --finetune-ckpt; adapters (or LoRA) never train on a
+    randomly initialised frozen base (icefall refuses that too)."""
+    if resuming:
+        return
+    if params.do_finetune and params.finetune_ckpt is None:
+        raise ValueError("--do-finetune 1 needs --finetune-ckpt (the pretrained checkpoint)")
+    if params.use_adapters and not params.do_finetune:
+        raise ValueError("--use-adapters 1 with --do-finetune 0 and nothing to resume would "
+                         "train adapters on a random, frozen base: pass --do-finetune 1 "
+                         "--finetune-ckpt PRETRAINED.pt, or resume with "
+                         "--start-epoch/--start-batch")
+
+
 def check_training_inputs(params: AttributeDict) -> None:
     """Checks the user's files before any process starts, so that a bad path or a
     checkpoint that does not fit the flags is one clear error, not a traceback."""
     check_precision_flags(params.use_fp16, params.use_bf16, default_device())
     sp = load_bpe_model(params.bpe_model)
-    for names in (params.train_cuts, params.valid_cuts) + \
-            ((params.mux_cuts,) if params.use_mux else ()):
-        for p in _manifest_paths(params, names):
-            check_manifest(p)
     resume = resume_filename(params)
-    if resume is None and not (params.do_finetune and params.finetune_ckpt):
+    check_finetune_flags(params, resume is not None)
+    check_training_manifests(params, [params.train_cuts, params.valid_cuts] +
+                             ([params.mux_cuts] if params.use_mux else []))
+    check_exp_dir(params, resuming=resume is not None)
+    if params.world_size > 1 and not launched_by_torchrun():
+        check_port_free(params.master_port)
+    if resume is None and not params.do_finetune:
         return
     params = AttributeDict(get_params(), **params)
     set_model_dims_from_bpe(params, sp)
@@ -765,6 +799,7 @@ def check_training_inputs(params: AttributeDict) -> None:
     if resume is not None:
         data = load_checkpoint_file(resume, allow_unsafe=params.trust_checkpoint)
         check_state_dict_fits(model, model_state_from(data, resume), resume)
+        check_resume_data(params, data.get("params") or {}, resume, params.start_batch > 0)
     elif params.do_finetune:
         finetune_state(model, params.finetune_ckpt, params.init_modules,
                        allow_unsafe=params.trust_checkpoint)
@@ -773,10 +808,6 @@ def check_training_inputs(params: AttributeDict) -> None:
 def prepare_training(params: AttributeDict) -> None:
     """What runs once before the ranks start: the exp-dir, the input checks, mux weights."""
     Path(params.exp_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(params.exp_dir)
     check_training_inputs(params)
     set_mux_weights(params)
-
-
-def launch_training(params: AttributeDict) -> None:
-    """Trains on --world-size processes (or as one rank of torchrun's)."""
-    launch(run_rank, params.world_size, params)

@@ -6,7 +6,6 @@ Dimension legend: N = batch size, T = frames.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -89,19 +88,3 @@ def setup_logger(log_filename: str | Path | None = None, log_level: str = "info"
         handlers.append(logging.FileHandler(path, mode="a"))
     logging.basicConfig(level=getattr(logging, log_level.upper()), format=fmt,
                         handlers=handlers, force=True)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
-    atomic_write_bytes(path, text.encode("utf-8"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from icefall.cli.flags import str2bool
+from icefall.cli.flags import positive_int, str2bool
 from icefall.utils import setup_logger
 
 
@@ -22,7 +22,8 @@ def add_fbank_arguments(parser: argparse.ArgumentParser) -> None:
     --num-jobs, --progress-bar."""
     parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
     parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
-    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel fbank processes.")
+    parser.add_argument("--num-jobs", type=positive_int, default=1,
+                        help="Parallel fbank processes.")
     parser.add_argument("--progress-bar", type=str2bool, default=True)
 
 

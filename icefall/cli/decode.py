@@ -14,7 +14,7 @@ from typing import Any
 
 from icefall.cli import run_guarded
 from icefall.cli.dataloading import add_dataloading_arguments
-from icefall.cli.flags import str2bool
+from icefall.cli.flags import ArgumentParser, finite_float, positive_float, positive_int, str2bool
 from icefall.cli.model import (
     add_adapter_arguments,
     add_checkpoint_arguments,
@@ -51,16 +51,16 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
       help="Path to the BPE model.")
     a("--decoding-method", type=str, default="greedy_search", choices=DECODING_METHODS,
       help="Search; fast_beam_search needs k2.")
-    a("--beam-size", type=int, default=4, help="Beam size of (modified) beam search.")
-    a("--beam", type=float, default=20.0, help="fast_beam_search: beam.")
-    a("--max-contexts", type=int, default=8, help="fast_beam_search: max contexts.")
-    a("--max-states", type=int, default=64, help="fast_beam_search: max states.")
-    a("--max-sym-per-frame", type=int, default=1, help="greedy_search: symbols per frame.")
-    a("--blank-penalty", type=float, default=0.0, help="Subtracted from blank's logit.")
+    a("--beam-size", type=positive_int, default=4, help="Beam size of (modified) beam search.")
+    a("--beam", type=positive_float, default=20.0, help="fast_beam_search: beam.")
+    a("--max-contexts", type=positive_int, default=8, help="fast_beam_search: max contexts.")
+    a("--max-states", type=positive_int, default=64, help="fast_beam_search: max states.")
+    a("--max-sym-per-frame", type=positive_int, default=1, help="greedy_search: symbols per frame.")
+    a("--blank-penalty", type=finite_float, default=0.0, help="Subtracted from blank's logit.")
 
 
 def get_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser()
     add_checkpoint_arguments(parser, recipe.exp_dir)
     add_decoding_arguments(parser)
     add_test_set_arguments(parser, recipe)
@@ -78,7 +78,7 @@ def main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def get_onnx_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser()
     add_onnx_model_arguments(parser)
     a = parser.add_argument
     a("--exp-dir", type=Path, default=Path(recipe.exp_dir),

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from icefall.cli import run_guarded
-from icefall.cli.flags import str2bool
+from icefall.cli.flags import ArgumentParser, str2bool
 from icefall.cli.model import (
     add_adapter_arguments,
     add_checkpoint_arguments,
@@ -18,7 +18,7 @@ from icefall.utils import setup_logger
 
 
 def get_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser()
     add_checkpoint_arguments(parser, exp_dir, epoch=28, avg=15)
     parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
                         help="Path to tokens.txt (copied into --exp-dir).")

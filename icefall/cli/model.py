@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from icefall.cli.flags import str2bool
+from icefall.cli.flags import nonnegative_int, positive_int, str2bool
 from icefall.zipformer.build import MODEL_DEFAULTS, PER_STACK_FLAGS
 
 
@@ -20,11 +20,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     for flag in PER_STACK_FLAGS:
         parser.add_argument(f"--{flag.replace('_', '-')}", type=str, default=d[flag],
                             help="Comma-separated, one value per encoder stack (or one for all).")
-    parser.add_argument("--pos-dim", type=int, default=d["pos_dim"],
+    parser.add_argument("--pos-dim", type=positive_int, default=d["pos_dim"],
                         help="Positional-encoding embedding dimension.")
-    parser.add_argument("--decoder-dim", type=int, default=d["decoder_dim"],
+    parser.add_argument("--decoder-dim", type=positive_int, default=d["decoder_dim"],
                         help="Embedding dimension of the decoder (prediction network).")
-    parser.add_argument("--joiner-dim", type=int, default=d["joiner_dim"],
+    parser.add_argument("--joiner-dim", type=positive_int, default=d["joiner_dim"],
                         help="Dimension the joiner projects encoder and decoder outputs to.")
     parser.add_argument("--causal", type=str2bool, default=d["causal"],
                         help="1 for a chunk-causal (streaming-capable) model.")
@@ -37,7 +37,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="1 to use the transducer head.")
     parser.add_argument("--use-ctc", type=str2bool, default=d["use_ctc"],
                         help="1 to add a CTC head.")
-    parser.add_argument("--context-size", type=int, default=d["context_size"],
+    parser.add_argument("--context-size", type=positive_int, default=d["context_size"],
                         help="Decoder context: 1 is bigram, 2 is trigram.")
 
 
@@ -48,7 +48,7 @@ def add_adapter_arguments(parser: argparse.ArgumentParser,
                         help="1 to insert residual adapters into every encoder layer (and "
                              "use them); 0 runs the base model, even from an adapter "
                              "checkpoint.")
-    parser.add_argument("--adapter-dim", type=int, default=MODEL_DEFAULTS["adapter_dim"],
+    parser.add_argument("--adapter-dim", type=positive_int, default=MODEL_DEFAULTS["adapter_dim"],
                         help="Bottleneck dimension of each adapter.")
 
 
@@ -56,11 +56,11 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, exp_dir: str,
                              epoch: int = 30, avg: int = 15) -> None:
     """--epoch --iter --avg --use-averaged-model --exp-dir --trust-checkpoint."""
     a = parser.add_argument
-    a("--epoch", type=int, default=epoch,
+    a("--epoch", type=positive_int, default=epoch,
       help="Decode with epoch-EPOCH.pt (averaged with earlier epochs, see --avg).")
-    a("--iter", type=int, default=0,
+    a("--iter", type=nonnegative_int, default=0,
       help="If positive, use checkpoint-*.pt files up to this batch instead of --epoch.")
-    a("--avg", type=int, default=avg, help="Number of checkpoints to average.")
+    a("--avg", type=positive_int, default=avg, help="Number of checkpoints to average.")
     a("--use-averaged-model", type=str2bool, default=True,
       help="Average over every batch between two checkpoints --avg apart, using their "
            "running averages (model_avg).")

@@ -10,6 +10,7 @@ from typing import Any
 
 from icefall.audio import SAMPLE_RATE
 from icefall.cli import run_guarded
+from icefall.cli.flags import ArgumentParser, finite_float, positive_int
 
 
 def add_onnx_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +23,8 @@ def add_onnx_model_arguments(parser: argparse.ArgumentParser) -> None:
     a("--joiner-model-filename", type=Path, required=True,
       help="Path to the joiner ONNX model.")
     a("--tokens", type=Path, required=True, help="Path to tokens.txt.")
-    a("--num-threads", type=int, default=1, help="Intra-op threads of each session.")
-    a("--blank-penalty", type=float, default=0.0,
+    a("--num-threads", type=positive_int, default=1, help="Intra-op threads of each session.")
+    a("--blank-penalty", type=finite_float, default=0.0,
       help="Subtracted from the blank logit (sherpa-onnx's blank_penalty).")
 
 
@@ -35,9 +36,9 @@ def print_texts(paths: list[Path], texts: list[str]) -> list[str]:
 
 
 def get_onnx_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser()
     add_onnx_model_arguments(parser)
-    parser.add_argument("--sample-rate", type=int, default=SAMPLE_RATE,
+    parser.add_argument("--sample-rate", type=positive_int, default=SAMPLE_RATE,
                         help="Sample rate of the sound files (and of the model's features).")
     parser.add_argument("sound_files", type=Path, nargs="+",
                         help="Sound files (any format libsndfile reads), first channel used.")

@@ -8,14 +8,27 @@ in a :class:`TrainRecipe` and calls :func:`main` with it; the training itself is
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch.multiprocessing import ProcessExitedException
+
 from icefall.cli import run_guarded
 from icefall.cli.dataloading import add_dataloading_arguments
-from icefall.cli.flags import str2bool
+from icefall.cli.flags import (
+    ArgumentParser,
+    int_from,
+    nonnegative_float,
+    nonnegative_int,
+    port,
+    positive_float,
+    positive_int,
+    str2bool,
+)
 from icefall.cli.model import add_adapter_arguments, add_model_arguments
-from icefall.trainer import launch_training, prepare_training
+from icefall.dist import launch
+from icefall.trainer import prepare_training, run_rank
 from icefall.utils import AttributeDict
 
 
@@ -35,35 +48,35 @@ class TrainRecipe:
 def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe) -> None:
     """icefall's training flags with its defaults (and a few for short runs)."""
     a = parser.add_argument
-    a("--world-size", type=int, default=1, help="Number of processes (GPUs) for DDP.")
-    a("--master-port", type=int, default=12354, help="Master port for DDP.")
+    a("--world-size", type=positive_int, default=1, help="Number of processes (GPUs) for DDP.")
+    a("--master-port", type=port, default=12354, help="Master port for DDP.")
     a("--tensorboard", type=str2bool, default=True, help="Write TensorBoard scalars.")
-    a("--num-epochs", type=int, default=30, help="Number of epochs to train.")
-    a("--start-epoch", type=int, default=1,
+    a("--num-epochs", type=positive_int, default=30, help="Number of epochs to train.")
+    a("--start-epoch", type=positive_int, default=1,
       help="Resume from exp-dir/epoch-{start_epoch-1}.pt when larger than 1.")
-    a("--start-batch", type=int, default=0,
+    a("--start-batch", type=nonnegative_int, default=0,
       help="If positive, resume exactly from exp-dir/checkpoint-{start_batch}.pt.")
     a("--exp-dir", type=Path, default=Path(recipe.exp_dir),
       help="Folder of checkpoints, logs and TensorBoard files.")
     a("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
       help="Path to the BPE model.")
-    a("--base-lr", type=float, default=0.045, help="The base learning rate.")
-    a("--lr-batches", type=float, default=7500,
+    a("--base-lr", type=positive_float, default=0.045, help="The base learning rate.")
+    a("--lr-batches", type=positive_float, default=7500,
       help="Batches over which the learning rate decays (Eden).")
-    a("--lr-epochs", type=float, default=3.5,
+    a("--lr-epochs", type=positive_float, default=3.5,
       help="Epochs over which the learning rate decays (Eden).")
-    a("--lr-warmup-batches", type=float, default=500.0,
+    a("--lr-warmup-batches", type=nonnegative_float, default=500.0,
       help="Eden's linear warm-up of the learning rate, in batches.")
-    a("--ref-duration", type=float, default=600,
+    a("--ref-duration", type=positive_float, default=600,
       help="Reference batch duration (s) for the model's internal schedules: they advance "
            "by max-duration * world-size / ref-duration per batch.")
-    a("--prune-range", type=int, default=5, help="Symbols kept per frame by pruning.")
-    a("--lm-scale", type=float, default=0.25, help="LM smoothing of the simple loss.")
-    a("--am-scale", type=float, default=0.0, help="AM smoothing of the simple loss.")
-    a("--simple-loss-scale", type=float, default=0.5,
+    a("--prune-range", type=int_from(2), default=5, help="Symbols kept per frame by pruning.")
+    a("--lm-scale", type=nonnegative_float, default=0.25, help="LM smoothing of the simple loss.")
+    a("--am-scale", type=nonnegative_float, default=0.0, help="AM smoothing of the simple loss.")
+    a("--simple-loss-scale", type=nonnegative_float, default=0.5,
       help="Weight of the simple loss after --warm-step batches.")
-    a("--ctc-loss-scale", type=float, default=0.2, help="Weight of the CTC loss.")
-    a("--warm-step", type=int, default=2000,
+    a("--ctc-loss-scale", type=nonnegative_float, default=0.2, help="Weight of the CTC loss.")
+    a("--warm-step", type=positive_int, default=2000,
       help="Batches over which the simple loss weight falls from 1 and the pruned "
            "loss weight rises from 0.1.")
     a("--seed", type=int, default=42, help="Seed of all random generators.")
@@ -72,19 +85,20 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe)
            "the same parameters, to the bit, on the same machine.")
     a("--inf-check", type=str2bool, default=False,
       help="Add hooks that report non-finite module outputs and gradients.")
-    a("--save-every-n", type=int, default=4000,
+    a("--save-every-n", type=nonnegative_int, default=4000,
       help="Save exp-dir/checkpoint-B.pt every this many batches.")
-    a("--keep-last-k", type=int, default=30, help="Keep this many checkpoint-B.pt files.")
-    a("--average-period", type=int, default=200,
+    a("--keep-last-k", type=nonnegative_int, default=30,
+      help="Keep this many checkpoint-B.pt files.")
+    a("--average-period", type=positive_int, default=200,
       help="Update the running model average (model_avg) every this many batches.")
     a("--use-fp16", type=str2bool, default=False,
       help="Mixed precision: float16 autocast with icefall's grad-scale management; CUDA "
            "only (float32 on a CPU).")
     a("--use-bf16", type=str2bool, default=False,
       help="Mixed precision: bfloat16 autocast, no grad scaler (A100/H100/H200, and CPUs).")
-    a("--log-interval", type=int, default=50, help="Log progress every this many batches.")
-    a("--reset-interval", type=int, default=200, help="Decay time (batches) of tot_loss.")
-    a("--valid-interval", type=int, default=3000,
+    a("--log-interval", type=positive_int, default=50, help="Log progress every this many batches.")
+    a("--reset-interval", type=positive_int, default=200, help="Decay time (batches) of tot_loss.")
+    a("--valid-interval", type=positive_int, default=3000,
       help="Validate every this many batches (and at the end of every epoch).")
     a("--train-cuts", type=str, default=recipe.train_cuts,
       help="Training manifests in --manifest-dir, comma-separated.")
@@ -94,7 +108,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe)
       help="With --use-mux 1: original-domain training manifests mixed into training.")
     a("--trust-checkpoint", type=str2bool, default=False,
       help="Allow checkpoints that need full unpickling (only for files you trust).")
-    a("--adapter-min-rms", type=float, default=0.01,
+    a("--overwrite", type=str2bool, default=False,
+      help="Start a new run in an --exp-dir that holds another run's checkpoints, deleting "
+           "them (without it, that is refused).")
+    a("--adapter-min-rms", type=positive_float, default=0.01,
       help="ScaledAdam's param_min_rms for adapter parameters: the smallest scale their "
            "updates are sized by, so that zero-initialised adapters can grow.")
 
@@ -112,7 +129,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe)
 
 
 def get_parser(recipe: TrainRecipe) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser()
     add_training_arguments(parser, recipe)
     add_model_arguments(parser)
     add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
@@ -121,9 +138,17 @@ def get_parser(recipe: TrainRecipe) -> argparse.ArgumentParser:
     return parser
 
 
+def _rank_main(rank: int, world_size: int, params: AttributeDict) -> None:
+    """One rank: a user error found there is its one line on stderr and exit status 1."""
+    run_guarded(run_rank, rank, world_size, params)
+
+
 def main(recipe: TrainRecipe, argv: list[str] | None = None) -> None:
     """Parses flags, checks inputs, and trains on --world-size processes (or torchrun's).
     Bad input is one line on stderr and exit status 1."""
     params = AttributeDict(vars(get_parser(recipe).parse_args(argv)))
     run_guarded(prepare_training, params)
-    run_guarded(launch_training, params)
+    try:
+        launch(_rank_main, params.world_size, params)
+    except ProcessExitedException:  # a rank stopped; it has said why on stderr
+        sys.exit(1)

@@ -9,24 +9,24 @@ from pathlib import Path
 
 from icefall.audio import SAMPLE_RATE
 from icefall.cli import run_guarded
-from icefall.cli.flags import str2bool
+from icefall.cli.flags import ArgumentParser, positive_int, str2bool
 from icefall.cli.model import add_adapter_arguments, add_model_arguments
 from icefall.cli.onnx import print_texts
 from icefall.decode.search import DECODING_METHODS
 
 
 def get_parser(use_adapters_default: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser()
     a = parser.add_argument
     a("--checkpoint", type=Path, required=True,
       help="A checkpoint with a 'model' state dict (pretrained.pt, epoch-N.pt, ...).")
     a("--bpe-model", type=Path, required=True, help="Path to the BPE model.")
     a("--method", type=str, default="greedy_search", choices=DECODING_METHODS,
       help="Decoding method.")
-    a("--sample-rate", type=int, default=SAMPLE_RATE,
+    a("--sample-rate", type=positive_int, default=SAMPLE_RATE,
       help="Sample rate of the model's features.")
-    a("--beam-size", type=int, default=4, help="Beam size of (modified) beam search.")
-    a("--max-sym-per-frame", type=int, default=1, help="greedy_search: symbols per frame.")
+    a("--beam-size", type=positive_int, default=4, help="Beam size of (modified) beam search.")
+    a("--max-sym-per-frame", type=positive_int, default=1, help="greedy_search: symbols per frame.")
     a("--trust-checkpoint", type=str2bool, default=False,
       help="Allow checkpoints that need full unpickling (only for files you trust).")
     a("sound_files", type=Path, nargs="+", help="Sound files (any format libsndfile reads).")

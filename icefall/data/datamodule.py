@@ -77,6 +77,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "input_strategy": "PrecomputedFeatures",
     "use_mux": False,
     "mux_weights": "",
+    "trust_manifest": False,
 }
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 from lhotse import CutSet, load_manifest, load_manifest_lazy
 
-from icefall.utils import atomic_write_bytes
+from icefall.files import atomic_write, atomic_write_bytes
 
 MANIFEST_SUFFIX = ".jsonl.gz"
 
@@ -108,14 +107,7 @@ def save_cuts(cuts: CutSet, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the suffix so lhotse picks the same format for the temporary file.
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    try:
-        cuts.to_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, cuts.to_file)  # the temporary name keeps the suffix lhotse reads
     logging.info(f"Saved {path}")
     return path
 

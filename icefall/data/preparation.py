@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,15 +92,13 @@ def prepare_atomically(output_dir: str | Path, name: str,
 
     Args:
       output_dir: where the manifests go (created when missing).
-      name: names the temporary folder ``<output_dir>/.<name>.tmp`` (removed afterwards,
-        also when ``prepare`` raises).
+      name: starts the name of the temporary folder ``<output_dir>/.<name>.<random>``
+        (created exclusively; removed afterwards, also when ``prepare`` raises).
       prepare: writes its files into the folder it is given.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = output_dir / f".{name}.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
+    tmp_dir = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{name}."))
     try:
         prepare(tmp_dir)
         for f in sorted(tmp_dir.iterdir()):

@@ -10,16 +10,14 @@ lists ``<token> <id>`` per line, the form sherpa-onnx and ``export-onnx.py`` rea
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
 
+from icefall.files import atomic_copy, atomic_write_text
 from icefall.token_table import read_token_table
-from icefall.utils import atomic_write_text
 
 USER_DEFINED_SYMBOLS = ("<blk>", "<sos/eos>")
 BLANK = "<blk>"
@@ -84,9 +82,7 @@ def train_bpe_model(transcripts: str | Path | Iterable[str], lang_dir: str | Pat
     except RuntimeError as e:
         raise ValueError(f"BPE training on {text_file} failed: {e}") from e
     bpe_model = lang_dir / "bpe.model"
-    tmp = lang_dir / f".bpe.model.tmp{os.getpid()}"
-    shutil.copyfile(f"{model_prefix}.model", tmp)
-    os.replace(tmp, bpe_model)
+    atomic_copy(f"{model_prefix}.model", bpe_model)
     write_tokens(load_bpe_model(bpe_model), lang_dir / "tokens.txt")
     logging.info(f"Trained {bpe_model} ({vocab_size} pieces, {model_type})")
     return bpe_model

@@ -68,19 +68,44 @@ def _supervision_problem(cut: Cut, require_supervision: bool) -> str | None:
     return None
 
 
+# Audio sources that read local data; "command" runs a shell command and "url" fetches from
+# the network, which a manifest from elsewhere must not make this program do.
+SAFE_SOURCE_TYPES = ("file", "memory", "shar")
+
+
+def source_problem(cut: Cut, trust_sources: bool = False) -> str | None:
+    """What is wrong with the audio sources of ``cut`` (None when nothing): a ``command`` or
+    ``url`` source unless trusted, or a missing audio file."""
+    recording = getattr(cut, "recording", None)
+    if recording is None:
+        return None
+    for source in recording.sources:
+        if source.type not in SAFE_SOURCE_TYPES and not trust_sources:
+            return (f"has an audio source of type '{source.type}' ({str(source.source)[:60]}), "
+                    "which would run a command or fetch a URL; pass --trust-manifest 1 only "
+                    "for manifests you made")
+        if source.type == "file" and not Path(source.source).is_file():
+            return f"audio not found: {source.source}"
+    return None
+
+
 def validate_cut(cut: Cut, num_mel_bins: int = NUM_MEL_BINS, require_supervision: bool = True,
-                 read_features: bool = False) -> str | None:
+                 read_features: bool = False, need_features: bool = True,
+                 trust_sources: bool = False) -> str | None:
     """Checks one cut; returns what is wrong with it, or None.
 
-    Checks: positive duration; features present, ``num_mel_bins`` wide, with as many frames
-    as their duration at 100 per second, covering the cut; (with ``require_supervision``)
-    exactly one supervision with text; supervisions within the cut (2 ms tolerance);
-    (with ``read_features``) the stored (T, F) matrix has the cut's shape and is finite.
+    Checks: positive duration; (with ``need_features``) features present, ``num_mel_bins``
+    wide, with as many frames as their duration at 100 per second, covering the cut;
+    (with ``require_supervision``) exactly one supervision with text; supervisions within
+    the cut (2 ms tolerance); (with ``read_features``) the stored (T, F) matrix has the
+    cut's shape and is finite; audio sources that run commands or fetch URLs are refused
+    unless ``trust_sources``, and audio files must exist.
     """
     if not cut.duration > 0:
         return f"has duration {cut.duration}"
-    return (_feature_problem(cut, num_mel_bins, read_features)
-            or _supervision_problem(cut, require_supervision))
+    features = _feature_problem(cut, num_mel_bins, read_features) if need_features else None
+    return (features or _supervision_problem(cut, require_supervision)
+            or source_problem(cut, trust_sources))
 
 
 def _storage_missing(cut: Cut, checked: dict[str, bool]) -> str | None:
@@ -96,7 +121,8 @@ def _storage_missing(cut: Cut, checked: dict[str, bool]) -> str | None:
 
 
 def validate_manifest(path: str | Path, require_supervisions: bool = True,
-                      num_mel_bins: int = NUM_MEL_BINS, read_features: bool = False) -> int:
+                      num_mel_bins: int = NUM_MEL_BINS, read_features: bool = False,
+                      need_features: bool = True, trust_sources: bool = False) -> int:
     """Validates every cut of a manifest (see :func:`validate_cut`) and unique cut ids.
 
     Args:
@@ -105,6 +131,8 @@ def validate_manifest(path: str | Path, require_supervisions: bool = True,
         such as MUSAN's, which has none).
       num_mel_bins: expected feature dimension F.
       read_features: also load each feature matrix (slow on a full corpus).
+      need_features: cuts must have stored features (not with on-the-fly features).
+      trust_sources: accept audio sources that run commands or fetch URLs.
     Returns:
       The number of cuts.
     Raises:
@@ -114,14 +142,26 @@ def validate_manifest(path: str | Path, require_supervisions: bool = True,
     path = Path(path)
     seen: set[str] = set()
     storage: dict[str, bool] = {}
-    for cut in load_cuts(path, lazy=True):
-        problem = validate_cut(cut, num_mel_bins, require_supervisions, read_features)
-        if problem is None and cut.id in seen:
-            problem = "appears twice"
-        if problem is None and (missing := _storage_missing(cut, storage)):
-            problem = f"features not found: {missing}"
-        if problem is not None:
-            raise ManifestValidationError(f"{path}: cut {cut.id} {problem}")
-        seen.add(cut.id)
+    cut_id = None
+    cuts = load_cuts(path, lazy=True)  # a missing or empty manifest says so itself
+    try:
+        for cut in cuts:
+            cut_id = cut.id
+            problem = validate_cut(cut, num_mel_bins, require_supervisions, read_features,
+                                   need_features, trust_sources)
+            if problem is None and cut.id in seen:
+                problem = "appears twice"
+            if problem is None and need_features and (missing := _storage_missing(cut,
+                                                                                 storage)):
+                problem = f"features not found: {missing}"
+            if problem is not None:
+                raise ManifestValidationError(f"{path}: cut {cut.id} {problem}")
+            seen.add(cut.id)
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as e:
+        if isinstance(e, ManifestValidationError):
+            raise
+        where = f"after cut {cut_id}" if cut_id is not None else "at its first cut"
+        raise ManifestValidationError(f"{path}: unreadable {where}: "
+                                      f"{type(e).__name__}: {e}") from e
     logging.info(f"{path}: {len(seen)} cuts OK")
     return len(seen)

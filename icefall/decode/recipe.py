@@ -25,11 +25,14 @@ from torch import nn
 
 from icefall.data import AsrDataModule, load_bpe_model, load_cuts
 from icefall.data.tokenizer import set_model_dims_from_bpe
+from icefall.data.validation import validate_manifest
 from icefall.decode.gigaspeech_scoring import post_processing
 from icefall.decode.report import save_results
 from icefall.decode.search import decode_batch, decoding_key
+from icefall.files import remove_stale_temporaries
 from icefall.inference import checkpoint_suffix, load_model
 from icefall.utils import setup_logger
+from icefall.zipformer import has_adapters
 
 Result = tuple[str, list[str], list[str]]  # (cut id, reference words, hypothesis words)
 BatchDecoder = Callable[[dict], list[str]]  # a lhotse batch -> N hypothesis texts
@@ -46,15 +49,17 @@ def parse_test_sets(value: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def load_test_sets(manifest_dir: str | Path, value: str) -> dict[str, CutSet]:
-    """The test sets of ``--test-sets`` (lazy), each checked to exist and hold a cut."""
+def load_test_sets(params: Mapping[str, Any]) -> dict[str, CutSet]:
+    """The test sets of ``params["test_sets"]`` (lazy), every cut checked first (readable,
+    features or audio present, no audio source that runs a command or fetches a URL
+    unless ``trust_manifest``): a bad cut is one line naming it, before decoding starts."""
     sets = {}
-    for name, manifest in parse_test_sets(value):
-        path = Path(manifest_dir) / manifest
-        cuts = load_cuts(path)
-        if next(iter(cuts), None) is None:
-            raise ValueError(f"test set '{name}' ({path}) has no cuts")
-        sets[name] = cuts
+    for name, manifest in parse_test_sets(params["test_sets"]):
+        path = Path(params["manifest_dir"]) / manifest
+        validate_manifest(path, require_supervisions=True,
+                          need_features=not params.get("on_the_fly_feats", False),
+                          trust_sources=params.get("trust_manifest", False))
+        sets[name] = load_cuts(path)
     return sets
 
 
@@ -72,12 +77,13 @@ def decode_cuts(dl, decoder: BatchDecoder) -> tuple[list[Result], float]:
     return results, duration
 
 
-def decode_test_sets(params: Mapping[str, Any], decoder: BatchDecoder, res_dir: Path,
-                     key: str, suffix: str, gigaspeech_scoring: bool
-                     ) -> dict[str, list[tuple[str, float]]]:
-    """Decodes every test set of ``params["test_sets"]`` and writes its reports to
-    ``res_dir``; returns {test set: [(key, WER)]}."""
-    cuts = load_test_sets(params["manifest_dir"], params["test_sets"])
+def decode_test_sets(params: Mapping[str, Any], cuts: dict[str, CutSet],
+                     decoder: BatchDecoder, res_dir: Path, key: str, suffix: str,
+                     gigaspeech_scoring: bool) -> dict[str, list[tuple[str, float]]]:
+    """Decodes every test set of ``cuts`` and writes its reports to ``res_dir`` (stale
+    temporaries of a crashed run removed first); returns {test set: [(key, WER)]}."""
+    Path(res_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(res_dir)
     setup_logger(Path(res_dir) / f"log-decode-{suffix}")
     dm = AsrDataModule({**params, "return_cuts": True})
     wers = {}
@@ -108,6 +114,13 @@ def results_suffix(params: Mapping[str, Any]) -> str:
     return suffix
 
 
+def adapter_state_tag(model: nn.Module, params: Mapping[str, Any]) -> str:
+    """``-adapters-off`` when ``model`` has adapters and they are switched off, else ``""``
+    (adapters on keep icefall's names), so that decoding one checkpoint with adapters on and
+    off never writes the same report files."""
+    return "-adapters-off" if has_adapters(model) and not params["use_adapters"] else ""
+
+
 def pytorch_decoder(model: nn.Module, sp, params: Mapping[str, Any]) -> BatchDecoder:
     """A batch decoder running ``model``'s encoder and the search of ``params``."""
     device = next(model.parameters()).device
@@ -135,14 +148,15 @@ def decode_checkpoint(params: Mapping[str, Any], gigaspeech_scoring: bool
     params = dict(params)
     sp = load_bpe_model(params["bpe_model"])
     set_model_dims_from_bpe(params, sp)
-    load_test_sets(params["manifest_dir"], params["test_sets"])  # fail before the model
+    cuts = load_test_sets(params)  # fails before the model loads
     res_dir = params["res_dir"] or Path(params["exp_dir"]) / params["decoding_method"]
     suffix = results_suffix(params)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     model = load_model(params, device)
+    suffix += adapter_state_tag(model, params)
     key = decoding_key(params["decoding_method"], params["beam_size"], params["beam"],
                        params["max_contexts"], params["max_states"])
-    return decode_test_sets(params, pytorch_decoder(model, sp, params), res_dir, key,
+    return decode_test_sets(params, cuts, pytorch_decoder(model, sp, params), res_dir, key,
                             f"{key}-{suffix}", gigaspeech_scoring)
 
 
@@ -179,12 +193,12 @@ def decode_onnx(params: Mapping[str, Any]) -> dict[str, list[tuple[str, float]]]
     ``<exp-dir>/onnx-greedy_search/`` unless ``res_dir`` is given."""
     from icefall.decode.onnx_runtime import load_onnx_model
 
-    load_test_sets(params["manifest_dir"], params["test_sets"])  # fail before the model
+    cuts = load_test_sets(params)  # fails before the model loads
     model, tokens = load_onnx_model(
         params["encoder_model_filename"], params["decoder_model_filename"],
         params["joiner_model_filename"], params["tokens"], params["num_threads"])
     key = params["decoding_method"]
     res_dir = params["res_dir"] or Path(params["exp_dir"]) / f"onnx-{key}"
     suffix = f"{key}-{model_tag(params['encoder_model_filename'])}"
-    return decode_test_sets(params, onnx_decoder(model, tokens, params["blank_penalty"]),
+    return decode_test_sets(params, cuts, onnx_decoder(model, tokens, params["blank_penalty"]),
                             res_dir, key, suffix, params["gigaspeech_scoring"])

@@ -32,7 +32,7 @@ from typing import TextIO
 
 import kaldialign
 
-from icefall.utils import atomic_write_text
+from icefall.files import atomic_write_text
 
 ERR = "*"  # kaldialign's gap symbol, also printed for a missing side of an error
 

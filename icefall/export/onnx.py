@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,13 +42,14 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from icefall.files import StagedFiles, atomic_write_bytes, temporary_path
 from icefall.inference import (
     checkpoint_suffix,
     model_from_state,
     select_state_dict,
 )
 from icefall.token_table import read_token_table
-from icefall.utils import atomic_write_bytes, to_int_tuple
+from icefall.utils import to_int_tuple
 from icefall.zipformer import (
     iter_adapters,
     remove_adapters,
@@ -226,7 +227,7 @@ def quantize_int8(src: Path, dst: Path, op_types: list[str]) -> None:
     ``src``'s metadata is kept."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}.onnx")
+    tmp = temporary_path(dst)  # keeps the .onnx suffix
     quiet = _DropPreprocessingAdvice()
     logging.getLogger().addFilter(quiet)
     try:
@@ -243,26 +244,33 @@ def quantize_int8(src: Path, dst: Path, op_types: list[str]) -> None:
 
 def export_transducer(model: AsrModel, out_dir: Path, tag: str,
                       encoder_meta: Mapping[str, str], int8: bool = True,
-                      opset: int = OPSET_VERSION) -> ExportedFiles:
-    """Writes encoder/decoder/joiner-<tag>.onnx (and .int8.onnx) into ``out_dir``."""
+                      opset: int = OPSET_VERSION, extra: Mapping[str, Path] | None = None
+                      ) -> ExportedFiles:
+    """Writes encoder/decoder/joiner-<tag>.onnx (and .int8.onnx) into ``out_dir``, and
+    copies each ``extra`` file (name in out_dir -> source), as one set: every file is
+    written under a temporary name first and all are renamed only when all succeeded, so a
+    failed export (a full disk) never leaves new files beside old ones under one tag."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     paths = {name: out_dir / f"{name}-{tag}.onnx" for name in ("encoder", "decoder", "joiner")}
-    logging.info(f"Exporting encoder to {paths['encoder']}")
-    export_encoder(model, paths["encoder"], encoder_meta, opset)
-    logging.info(f"Exporting decoder to {paths['decoder']}")
-    export_decoder(model, paths["decoder"], opset)
-    logging.info(f"Exporting joiner to {paths['joiner']}")
-    export_joiner(model, paths["joiner"], opset)
-    if not int8:
-        return ExportedFiles(**paths)
     int8_paths = {f"{k}_int8": p.with_name(f"{k}-{tag}.int8.onnx") for k, p in paths.items()}
-    ops = {"encoder": ["MatMul"], "decoder": ["MatMul", "Gather"], "joiner": ["MatMul"]}
-    for name, src in paths.items():
-        logging.info(f"Quantising {src.name} to int8")
-        quantize_int8(src, int8_paths[f"{name}_int8"], ops[name])
-    return ExportedFiles(**paths, **int8_paths)
+    with StagedFiles() as staged:
+        tmp = {k: staged.stage(p) for k, p in paths.items()}
+        logging.info(f"Exporting encoder to {paths['encoder']}")
+        export_encoder(model, tmp["encoder"], encoder_meta, opset)
+        logging.info(f"Exporting decoder to {paths['decoder']}")
+        export_decoder(model, tmp["decoder"], opset)
+        logging.info(f"Exporting joiner to {paths['joiner']}")
+        export_joiner(model, tmp["joiner"], opset)
+        if int8:
+            ops = {"encoder": ["MatMul"], "decoder": ["MatMul", "Gather"], "joiner": ["MatMul"]}
+            for name in paths:
+                logging.info(f"Quantising {paths[name].name} to int8")
+                quantize_int8(tmp[name], staged.stage(int8_paths[f"{name}_int8"]), ops[name])
+        for name, src in (extra or {}).items():
+            shutil.copyfile(src, staged.stage(out_dir / name))
+    return ExportedFiles(**paths, **(int8_paths if int8 else {}))
 
 
 # ---------------------------------------------------------------------------
@@ -307,14 +315,6 @@ def load_export_model(params: Mapping[str, Any]) -> tuple[AsrModel, str]:
     return model.to("cpu").eval(), source
 
 
-def copy_tokens(tokens: Path, exp_dir: Path) -> Path:
-    """``exp_dir/tokens.txt``: a copy of ``tokens`` (atomic; kept if it is that file)."""
-    dst = Path(exp_dir) / "tokens.txt"
-    if not (dst.exists() and dst.resolve() == Path(tokens).resolve()):
-        atomic_write_bytes(dst, Path(tokens).read_bytes())
-    return dst
-
-
 def export_checkpoint(params: Mapping[str, Any]) -> ExportedFiles:
     """export-onnx.py: exports the model chosen by the checkpoint flags in ``params``
     (``exp_dir``, ``epoch``/``iter``, ``avg``, ``use_averaged_model``, the model flags,
@@ -326,9 +326,13 @@ def export_checkpoint(params: Mapping[str, Any]) -> ExportedFiles:
     encoder_meta = {**encoder_metadata(params, model), "checkpoint": checkpoint_suffix(params)}
     tag = export_tag(params)
     exp_dir = Path(params["exp_dir"])
+    tokens = Path(params["tokens"])
+    same = (exp_dir / "tokens.txt").exists() and \
+        (exp_dir / "tokens.txt").resolve() == tokens.resolve()
     with torch.no_grad():
-        files = export_transducer(model, exp_dir, tag, encoder_meta, int8=params["int8"])
+        files = export_transducer(model, exp_dir, tag, encoder_meta, int8=params["int8"],
+                                  extra={} if same else {"tokens.txt": tokens})
     logging.info(f"Wrote {files.encoder.name}, {files.decoder.name}, {files.joiner.name}"
                  f"{' and their .int8.onnx versions' if params['int8'] else ''} and "
-                 f"{copy_tokens(params['tokens'], exp_dir)} to {exp_dir}")
+                 f"tokens.txt to {exp_dir}")
     return files

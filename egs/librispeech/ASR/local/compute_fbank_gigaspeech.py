@@ -20,10 +20,11 @@ import gigaspeech
 
 from icefall.cli import run_guarded
 from icefall.cli.data import add_fbank_arguments, setup_fbank_script, split_names
+from icefall.cli.flags import ArgumentParser
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fbank_arguments(parser)
     parser.add_argument("--subsets", type=str, default=" ".join(gigaspeech.SUBSETS),

@@ -22,11 +22,11 @@ import librispeech
 
 from icefall.cli import run_guarded
 from icefall.cli.data import add_fbank_arguments, setup_fbank_script, split_names
-from icefall.cli.flags import str2bool
+from icefall.cli.flags import ArgumentParser, str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fbank_arguments(parser)
     parser.add_argument("--dataset", type=str, default=None,

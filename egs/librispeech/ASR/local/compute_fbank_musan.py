@@ -18,10 +18,11 @@ import musan
 
 from icefall.cli import run_guarded
 from icefall.cli.data import add_fbank_arguments, setup_fbank_script
+from icefall.cli.flags import ArgumentParser
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fbank_arguments(parser)
     return parser

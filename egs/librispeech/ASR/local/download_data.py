@@ -27,12 +27,12 @@ import musan
 
 from icefall.cli import run_guarded
 from icefall.cli.data import split_names
-from icefall.cli.flags import str2bool
+from icefall.cli.flags import ArgumentParser, positive_float, str2bool
 from icefall.utils import setup_logger
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dl-dir", type=Path, required=True,
                         help="Download folder: LibriSpeech/, musan/ and GigaSpeech/ go here.")
@@ -43,7 +43,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Get GigaSpeech too (needs <dl-dir>/password).")
     parser.add_argument("--gigaspeech-subsets", type=str, default=" ".join(gigaspeech.SUBSETS),
                         help="Space-separated GigaSpeech subsets.")
-    parser.add_argument("--timeout", type=float, default=30.0,
+    parser.add_argument("--timeout", type=positive_float, default=30.0,
                         help="Seconds before an unanswered connection counts as failed.")
     return parser
 

@@ -33,7 +33,7 @@ from icefall.data.fbank import compute_fbank_for_parts
 from icefall.data.manifests import combine_shuffled, cuts_filename
 from icefall.data.preparation import PrepareError, prepare_atomically, require_dir, try_download
 from icefall.data.tokenizer import train_bpe_model
-from icefall.utils import atomic_write_text
+from icefall.files import atomic_write_text
 
 PREFIX = "librispeech"
 PARTS: tuple[str, ...] = tuple(LIBRISPEECH)

@@ -28,18 +28,19 @@ import musan
 
 from icefall.cli import run_guarded
 from icefall.cli.data import split_names
+from icefall.cli.flags import ArgumentParser, positive_int
 from icefall.utils import setup_logger
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True,
                         choices=("librispeech", "musan", "gigaspeech"))
     parser.add_argument("--corpus-dir", type=Path, required=True,
                         help="download/LibriSpeech, download/musan or download/GigaSpeech.")
     parser.add_argument("--output-dir", type=Path, default=Path("data/manifests"))
-    parser.add_argument("--num-jobs", type=int, default=1, help="Parallel readers.")
+    parser.add_argument("--num-jobs", type=positive_int, default=1, help="Parallel readers.")
     parser.add_argument("--subsets", type=str, default=" ".join(gigaspeech.SUBSETS),
                         help="GigaSpeech subsets (space-separated).")
     return parser

@@ -23,14 +23,15 @@ from pathlib import Path
 import librispeech
 
 from icefall.cli import run_guarded
+from icefall.cli.flags import ArgumentParser, positive_int
 from icefall.utils import setup_logger
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lang-dir", type=Path, required=True, help="e.g. data/lang_bpe_500")
-    parser.add_argument("--vocab-size", type=int, required=True, help="Number of pieces.")
+    parser.add_argument("--vocab-size", type=positive_int, required=True, help="Number of pieces.")
     parser.add_argument("--transcript", type=Path, default=None,
                         help="Training text; default <lang-dir>/transcript_words.txt.")
     parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"),

@@ -22,18 +22,18 @@ from pathlib import Path
 import musan
 
 from icefall.cli import run_guarded
-from icefall.cli.flags import str2bool
+from icefall.cli.flags import ArgumentParser, positive_int, str2bool
 from icefall.data.validation import validate_manifest
 from icefall.utils import setup_logger
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifests", type=Path, nargs="+", help="Cut manifests to check.")
     parser.add_argument("--read-features", type=str2bool, default=False,
                         help="Load every feature matrix and check its shape.")
-    parser.add_argument("--num-mel-bins", type=int, default=80)
+    parser.add_argument("--num-mel-bins", type=positive_int, default=80)
     return parser
 
 

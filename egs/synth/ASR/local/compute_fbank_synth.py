@@ -20,13 +20,14 @@ from lhotse import CutSet, load_manifest
 
 from icefall.cli import run_guarded
 from icefall.cli.data import add_fbank_arguments, setup_fbank_script
+from icefall.cli.flags import ArgumentParser
 from icefall.data.fbank import STORAGE_TYPES, compute_fbank_for_part
 
 PARTS = ("train", "dev", "test")
 
 
 def get_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fbank_arguments(p)
     p.add_argument("--storage", choices=sorted(STORAGE_TYPES), default="lilcom_chunky",

@@ -18,8 +18,9 @@ import json
 import re
 from pathlib import Path
 
+from icefall.cli.flags import ArgumentParser
 from icefall.decode.report import read_wer_summary
-from icefall.utils import atomic_write_text
+from icefall.files import atomic_write_text
 
 # report key -> (decode folder, test set)
 SYSTEMS = {
@@ -131,7 +132,7 @@ def plot(w: dict[str, float], path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp-dir", type=Path, default=Path("exp"))
     args = p.parse_args()

@@ -26,12 +26,13 @@ from pathlib import Path
 from lhotse import load_manifest_lazy
 
 from icefall.cli import run_guarded
+from icefall.cli.flags import ArgumentParser, positive_float, positive_int
 from icefall.data import AsrDataModule
 from icefall.decode.report import save_results
 
 
 def get_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", type=Path, required=True)
     p.add_argument("--decoder", type=Path, required=True)
@@ -40,8 +41,8 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--cuts", type=Path, required=True, help="Test cuts with recordings.")
     p.add_argument("--test-set", default="test", help="Name used in the report files.")
     p.add_argument("--res-dir", type=Path, required=True)
-    p.add_argument("--num-threads", type=int, default=2)
-    p.add_argument("--max-duration", type=float, default=600.0,
+    p.add_argument("--num-threads", type=positive_int, default=2)
+    p.add_argument("--max-duration", type=positive_float, default=600.0,
                    help="seconds of audio per batch, as decode.py's --max-duration")
     return p.parse_args()
 

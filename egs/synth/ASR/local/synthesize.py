@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from espeak import TARGET_SAMPLE_RATE, Espeak, EspeakError  # noqa: E402
 
 from icefall.cli import exit_with_error, run_guarded  # noqa: E402
+from icefall.cli.flags import ArgumentParser, finite_float, nonnegative_float, positive_int
 
 DOMAINS = ("a", "b")
 PARTS = ("test", "dev", "train")  # generation order: test sentences are drawn first
@@ -549,43 +550,48 @@ def vocabulary_report(
 
 # ----------------------------------------------------------------------------- command line
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out-dir", type=Path, default=Path("data"), help="wav files go here")
     p.add_argument("--manifest-dir", type=Path, default=None,
                    help="lhotse manifests go here (default: OUT_DIR/manifests)")
-    p.add_argument("--num-utts-a", type=int, default=3000, help="domain-A train utterances")
-    p.add_argument("--num-utts-b", type=int, default=1000, help="domain-B train utterances")
-    p.add_argument("--num-dev", type=int, default=200, help="dev utterances per domain")
-    p.add_argument("--num-test", type=int, default=200, help="test utterances per domain")
+    p.add_argument("--num-utts-a", type=positive_int, default=3000,
+                   help="domain-A train utterances")
+    p.add_argument("--num-utts-b", type=positive_int, default=1000,
+                   help="domain-B train utterances")
+    p.add_argument("--num-dev", type=positive_int, default=200, help="dev utterances per domain")
+    p.add_argument("--num-test", type=positive_int, default=200, help="test utterances per domain")
     p.add_argument("--seed", type=int, default=42, help="every random choice follows it")
     p.add_argument("--domains", default="a,b", help="comma list of domains to make: a, b")
-    p.add_argument("--shared-fraction", type=float, default=0.95,
+    p.add_argument("--shared-fraction", type=nonnegative_float, default=0.95,
                    help="fraction of each domain's vocabulary that the other domain shares")
     p.add_argument("--voices-a", default=",".join(DEFAULT_VOICES["a"]),
                    help="comma list of eSpeak voices (language+variant) for domain A")
     p.add_argument("--voices-b", default=",".join(DEFAULT_VOICES["b"]),
                    help="comma list of eSpeak voices (language+variant) for domain B")
-    p.add_argument("--rate-a", type=int, nargs=2, default=[150, 190], metavar=("LO", "HI"),
+    p.add_argument("--rate-a", type=positive_int, nargs=2, default=[150, 190], metavar=("LO", "HI"),
                    help="domain-A speaking rate range, words per minute")
-    p.add_argument("--rate-b", type=int, nargs=2, default=[185, 215], metavar=("LO", "HI"),
+    p.add_argument("--rate-b", type=positive_int, nargs=2, default=[185, 215], metavar=("LO", "HI"),
                    help="domain-B speaking rate range, words per minute")
-    p.add_argument("--snr-a", type=float, nargs=2, default=[35.0, 45.0], metavar=("LO", "HI"),
+    p.add_argument("--snr-a", type=finite_float, nargs=2, default=[35.0, 45.0],
+                   metavar=("LO", "HI"),
                    help="domain-A SNR range in dB (a faint noise floor)")
-    p.add_argument("--snr-b", type=float, nargs=2, default=[18.0, 24.0], metavar=("LO", "HI"),
+    p.add_argument("--snr-b", type=finite_float, nargs=2, default=[18.0, 24.0],
+                   metavar=("LO", "HI"),
                    help="domain-B SNR range in dB")
-    p.add_argument("--reverb-prob-b", type=float, default=0.4,
+    p.add_argument("--reverb-prob-b", type=nonnegative_float, default=0.4,
                    help="probability that a domain-B utterance is reverberated")
-    p.add_argument("--rt60-b", type=float, nargs=2, default=[0.15, 0.3], metavar=("LO", "HI"),
+    p.add_argument("--rt60-b", type=nonnegative_float, nargs=2, default=[0.15, 0.3],
+                   metavar=("LO", "HI"),
                    help="domain-B reverberation time range, seconds")
-    p.add_argument("--drr-b", type=float, nargs=2, default=[8.0, 14.0], metavar=("LO", "HI"),
+    p.add_argument("--drr-b", type=finite_float, nargs=2, default=[8.0, 14.0], metavar=("LO", "HI"),
                    help="domain-B direct-to-reverberant ratio range in dB (a near microphone)")
     p.add_argument("--pitch-a", type=int, nargs=2, default=[30, 70], metavar=("LO", "HI"),
                    help="domain-A eSpeak pitch range (0..100)")
     p.add_argument("--pitch-b", type=int, nargs=2, default=[25, 75], metavar=("LO", "HI"),
                    help="domain-B eSpeak pitch range (0..100)")
-    p.add_argument("--num-jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--num-jobs", type=positive_int, default=1, help="worker processes")
     return p
 
 

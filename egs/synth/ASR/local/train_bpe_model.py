@@ -20,14 +20,15 @@ from pathlib import Path
 from lhotse import load_manifest_lazy
 
 from icefall.cli import run_guarded
+from icefall.cli.flags import ArgumentParser, positive_int
 from icefall.data import train_bpe_model
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lang-dir", type=Path, default=Path("data/lang_bpe_200"))
-    p.add_argument("--vocab-size", type=int, default=200)
+    p.add_argument("--vocab-size", type=positive_int, default=200)
     p.add_argument("--cuts", type=Path, nargs="+",
                    default=[Path("data/fbank/synth_a_cuts_train.jsonl.gz"),
                             Path("data/fbank/synth_b_cuts_train.jsonl.gz")])
