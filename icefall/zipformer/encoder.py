@@ -77,7 +77,6 @@ class Zipformer2Encoder(nn.Module):
             out = out * feature_mask
         return out
 
-
     def streaming_forward(self, src: Tensor, states: list[Tensor], left_context_len: int,
                           src_key_padding_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
         """One chunk of a stream through every layer.
@@ -98,6 +97,7 @@ class Zipformer2Encoder(nn.Module):
                 src_key_padding_mask=src_key_padding_mask)
             new_states += layer_states
         return out, new_states
+
 
 class SimpleDownsample(nn.Module):
     """Downsamples time by ``downsample`` with a learned softmax-weighted average.
@@ -170,7 +170,6 @@ class DownsampledZipformer2Encoder(nn.Module):
         out = self.upsample(out)[: src.shape[0]]
         return self.out_combiner(src, out)
 
-
     def streaming_forward(self, src: Tensor, states: list[Tensor], left_context_len: int,
                           src_key_padding_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
         """One chunk of a stream.
@@ -187,6 +186,7 @@ class DownsampledZipformer2Encoder(nn.Module):
             src_key_padding_mask=src_key_padding_mask)
         out = self.upsample(out)[: src.shape[0]]
         return self.out_combiner(src, out), new_states
+
 
 def _per_stack(value: int | Sequence[int], name: str, num_stacks: int) -> tuple[int, ...]:
     """Expands a one-value flag to every stack; rejects lists of the wrong length."""
