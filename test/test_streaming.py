@@ -272,6 +272,20 @@ def test_init_states_have_icefalls_layout_and_round_trip(model):
     assert all(s.abs().max() > 0 for s in new[:-2])
 
 
+def test_states_follow_the_models_dtype():
+    """A float64 copy of the model streams in float64 (its states too) and agrees with
+    the float32 model."""
+    model32 = _causal_model()
+    model64 = _causal_model().to(torch.float64)
+    states = get_init_states(model64, 1)
+    assert {s.dtype for s in states[:-1]} == {torch.float64}
+    features = _features(2 * CHUNK * 2 + 5, seed=6)
+    out64 = _stream_alone(model64, features.double(), CHUNK, LEFT)
+    out32 = _stream_alone(model32, features, CHUNK, LEFT)
+    assert out64.dtype == torch.float64
+    assert (out64 - out32.double()).abs().max() < 1e-4
+
+
 def test_bad_inputs_are_rejected_with_clear_errors(model):
     states = get_init_states(model, 1)
     x = torch.randn(CHUNK, 1, 48)

@@ -1,4 +1,5 @@
-"""Decoding: transducer search, WER reports, GigaSpeech scoring normalisation.
+"""Decoding: transducer search (offline and streaming), WER reports, GigaSpeech scoring
+normalisation.
 
 Dimension legend: N = utterances, T = encoder frames, C = encoder output dim.
 """
@@ -36,6 +37,7 @@ from icefall.decode.search import (
     k2_available,
     modified_beam_search,
 )
+from icefall.decode.streaming import streaming_greedy_search
 
 __all__ = [
     "DECODING_METHODS",
@@ -63,6 +65,7 @@ __all__ = [
     "read_wer_summary",
     "save_results",
     "store_transcripts",
+    "streaming_greedy_search",
     "write_error_stats",
     "write_wer_summary",
 ]
