@@ -9,7 +9,10 @@
   extra feature frames of each window. So streaming K chunks of 2 * chunk + 13-frame windows
   equals the full forward of the first 2 * chunk * K + 13 feature frames, the frontend's
   output cut to its first chunk * K frames (the last 3 see the full forward's zero padding
-  instead of features), adapters included;
+  instead of features), adapters included. It does not hold for another chunk size (the
+  full forward's convolutions and mask use chunk_size[0]), for an L that is not a multiple
+  of the chunk (the mask keeps L // chunk whole chunks, the caches L frames), or for a last
+  window padded with LOG_EPS (the full forward sees zeros past the end of its input);
 - each stream of a batch equals the same stream alone (streams joining late, a masked
   short last chunk);
 - streaming greedy search equals offline greedy search on the streaming encoder output.
