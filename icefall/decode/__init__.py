@@ -1,5 +1,5 @@
-"""Decoding: transducer searches (PyTorch and ONNX Runtime), test-set decoding, WER reports,
-GigaSpeech scoring normalisation.
+"""Decoding: transducer searches (offline and streaming, PyTorch and ONNX Runtime), test-set
+decoding, WER reports, GigaSpeech scoring normalisation.
 
 The package imports nothing itself, so :mod:`icefall.decode.onnx_runtime` stays torch-free.
 

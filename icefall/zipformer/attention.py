@@ -5,7 +5,13 @@ non-linear attention module and both self-attention modules.
 
 Dimension legend: T = frames (seq-first layout), N = batch, C = embed_dim,
 H = heads, Dq = query_head_dim, Dp = pos_head_dim, Dv = value_head_dim,
-P = pos_dim, R = 2T - 1 relative offsets.
+P = pos_dim, L = cached left-context frames (streaming; 0 otherwise), K = L + T key frames,
+R = K + T - 1 relative offsets (2T - 1 without a cache).
+
+Streaming (icefall's ``streaming_forward`` methods): a chunk of T frames attends to itself
+and to the last L frames of earlier chunks, whose keys and values the caller keeps
+(cached_key (L, N, H * Dq), cached_val (L, N, H * Dv), cached_x (1, N, L, hidden)) and
+gets back updated.
 """
 
 from __future__ import annotations
@@ -70,22 +76,25 @@ class CompactRelPositionalEncoding(nn.Module):
         pe = torch.stack((angle.cos(), angle.sin()), dim=-1).reshape(d.shape[0], -1)
         return torch.cat((pe[:, :-1], torch.ones_like(pe[:, :1])), dim=1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, left_context_len: int = 0) -> Tensor:
         """
         Args:
-          x: (T, N, C), used for its length, dtype and device.
+          x: (T, N, C), used for its length, dtype and device;
+          left_context_len: L, cached frames before x (streaming).
         Returns:
-          (1, 2T - 1, P); row j is the embedding of offset j - (T - 1).
+          (1, L + 2T - 1, P); row j is the embedding of offset j - (L + T - 1), i.e. the
+          offsets from -(L + T - 1) (first query to first cached key) to T - 1.
         """
         T = x.size(0)
+        K = T + left_context_len
         if _is_exporting():  # computed in the graph: any length works, no table baked in
-            return self.dropout(self._table(T).to(x.dtype).unsqueeze(0))
-        if self.pe.size(0) < 2 * T - 1:
-            self.pe = self._table(T)
+            return self.dropout(self._table(K)[: K + T - 1].to(x.dtype).unsqueeze(0))
+        if self.pe.size(0) < 2 * K - 1:
+            self.pe = self._table(K)
         if self.pe.device != x.device or self.pe.dtype != x.dtype:
             self.pe = self.pe.to(device=x.device, dtype=x.dtype)
         center = self.pe.size(0) // 2
-        return self.dropout(self.pe[center - T + 1: center + T].unsqueeze(0))
+        return self.dropout(self.pe[center - K + 1: center + T].unsqueeze(0))
 
 
 class RelPositionMultiheadAttentionWeights(nn.Module):
@@ -126,18 +135,57 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         Returns:
           (H, N, T, T) attention weights, rows summing to 1.
         """
-        T, N, _ = x.shape
-        H, Dq, Dp = self.num_heads, self.query_head_dim, self.pos_head_dim
+        q, k, p = self._project(x)
+        return self._weights(q, k, p, pos_emb, key_padding_mask, attn_mask)
+
+    def streaming_forward(self, x: Tensor, pos_emb: Tensor, cached_key: Tensor,
+                          left_context_len: int, key_padding_mask: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+        """Weights of a chunk over the cached left context and itself.
+
+        Args:
+          x: (T, N, C) the chunk; pos_emb: (1, L + 2T - 1, P) from
+            ``CompactRelPositionalEncoding(x, left_context_len=L)``;
+          cached_key: (L, N, H * Dq) keys of the L frames before the chunk;
+          left_context_len: L; key_padding_mask: (N, L + T) bool, True at cached frames
+            not yet filled and at padded frames of the chunk.
+        Returns:
+          (H, N, T, L + T) attention weights and the updated (L, N, H * Dq) cached_key.
+        """
+        q, k, p = self._project(x)
+        k = torch.cat((cached_key, k), dim=0)  # (L + T, N, H * Dq)
+        weights = self._weights(q, k, p, pos_emb, key_padding_mask, None)
+        return weights, k[k.shape[0] - left_context_len:]
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (T, N, C) -> queries (T, N, H * Dq), keys (T, N, H * Dq) and position
+        queries (T, N, H * Dp)."""
+        H, Dq = self.num_heads, self.query_head_dim
         x = self.in_proj(x)  # (T, N, H * (2 Dq + Dp))
-        q = x[..., : H * Dq].reshape(T, N, H, Dq).permute(2, 1, 0, 3)  # (H, N, T, Dq)
         k = self.whiten_keys(self.balance_keys(x[..., H * Dq: 2 * H * Dq]))
-        k = k.reshape(T, N, H, Dq).permute(2, 1, 3, 0)  # (H, N, Dq, T)
-        p = x[..., 2 * H * Dq:].reshape(T, N, H, Dp).permute(2, 1, 0, 3)  # (H, N, T, Dp)
-        scores = torch.matmul(q, k)  # (H, N, T, T)
+        return x[..., : H * Dq], k, x[..., 2 * H * Dq:]
+
+    def _weights(self, q: Tensor, k: Tensor, p: Tensor, pos_emb: Tensor,
+                 key_padding_mask: Tensor | None, attn_mask: Tensor | None) -> Tensor:
+        """
+        Args:
+          q: (T, N, H * Dq); k: (K, N, H * Dq), its last T frames the queries' own;
+          p: (T, N, H * Dp); pos_emb: (1, K + T - 1, P);
+          key_padding_mask: (N, K); attn_mask: (T, K), both bool, True where not allowed.
+        Returns:
+          (H, N, T, K) attention weights, rows summing to 1.
+        """
+        T, N, _ = q.shape
+        K = k.shape[0]
+        H, Dq, Dp = self.num_heads, self.query_head_dim, self.pos_head_dim
+        q = q.reshape(T, N, H, Dq).permute(2, 1, 0, 3)  # (H, N, T, Dq)
+        k = k.reshape(K, N, H, Dq).permute(2, 1, 3, 0)  # (H, N, Dq, K)
+        scores = torch.matmul(q, k)  # (H, N, T, K)
         if not self.training or random.random() >= float(self.pos_emb_skip_rate):
+            p = p.reshape(T, N, H, Dp).permute(2, 1, 0, 3)  # (H, N, T, Dp)
             pos = self.linear_pos(pos_emb)  # (1, R, H * Dp)
-            pos = pos.reshape(-1, 2 * T - 1, H, Dp).permute(2, 0, 3, 1)  # (H, 1, Dp, R)
-            scores = scores + rel_to_abs(torch.matmul(p, pos), T)
+            pos = pos.reshape(-1, K + T - 1, H, Dp).permute(2, 0, 3, 1)  # (H, 1, Dp, R)
+            scores = scores + rel_to_abs(torch.matmul(p, pos), T, K)
         if self.training and random.random() < 0.1:
             scores = penalize_abs_values_gt(scores, limit=25.0, penalty=1.0e-04)
         if attn_mask is not None:
@@ -148,21 +196,25 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         return nn.functional.dropout(weights, p=self.dropout, training=self.training)
 
 
-def rel_to_abs(pos_scores: Tensor, T: int) -> Tensor:
+def rel_to_abs(pos_scores: Tensor, T: int, K: int | None = None) -> Tensor:
     """Re-indexes scores by relative offset into scores by (target, source) frame.
 
     Args:
-      pos_scores: (H, N, T, 2T - 1); [..., i, r] scores offset r - (T - 1).
+      pos_scores: (H, N, T, K + T - 1); [..., i, r] scores offset r - (K - 1), the query
+        i sitting at key position K - T + i (after K - T cached frames);
+      T: query frames; K: key frames (default T).
     Returns:
-      (H, N, T, T); [..., i, j] = pos_scores[..., i, T - 1 - i + j], i.e. offset j - i.
+      (H, N, T, K); [..., i, j] = pos_scores[..., i, T - 1 - i + j], i.e. offset
+      j - (K - T + i).
     """
+    K = T if K is None else K
     if _is_exporting():
         H, N, _, R = pos_scores.shape
         rows = torch.arange(T - 1, -1, -1, device=pos_scores.device).unsqueeze(1)
-        index = (rows + torch.arange(T, device=pos_scores.device)).expand(H, N, T, T)
+        index = (rows + torch.arange(K, device=pos_scores.device)).expand(H, N, T, K)
         return torch.gather(pos_scores, dim=3, index=index)
     s0, s1, s2, s3 = pos_scores.stride()
-    return pos_scores.as_strided((pos_scores.shape[0], pos_scores.shape[1], T, T),
+    return pos_scores.as_strided((pos_scores.shape[0], pos_scores.shape[1], T, K),
                                  (s0, s1, s2 - s3, s3), storage_offset=pos_scores.storage_offset()
                                  + s3 * (T - 1))
 
@@ -185,9 +237,26 @@ class SelfAttention(nn.Module):
         Returns:
           (T, N, C)
         """
-        T, N, _ = x.shape
-        H = attn_weights.shape[0]
-        v = self.in_proj(x).reshape(T, N, H, -1).permute(2, 1, 0, 3)  # (H, N, T, Dv)
+        return self._attend(self.in_proj(x), attn_weights)
+
+    def streaming_forward(self, x: Tensor, attn_weights: Tensor, cached_val: Tensor,
+                          left_context_len: int) -> tuple[Tensor, Tensor]:
+        """
+        Args:
+          x: (T, N, C) a chunk; attn_weights: (H, N, T, L + T);
+          cached_val: (L, N, H * Dv) values of the L frames before the chunk;
+          left_context_len: L.
+        Returns:
+          (T, N, C) and the updated (L, N, H * Dv) cached_val.
+        """
+        v = torch.cat((cached_val, self.in_proj(x)), dim=0)  # (L + T, N, H * Dv)
+        return self._attend(v, attn_weights), v[v.shape[0] - left_context_len:]
+
+    def _attend(self, v: Tensor, attn_weights: Tensor) -> Tensor:
+        """v: (K, N, H * Dv) values; attn_weights: (H, N, T, K) -> (T, N, C)."""
+        K, N, _ = v.shape
+        H, _, T, _ = attn_weights.shape
+        v = v.reshape(K, N, H, -1).permute(2, 1, 0, 3)  # (H, N, K, Dv)
         v = torch.matmul(attn_weights, v)  # (H, N, T, Dv)
         v = v.permute(2, 1, 0, 3).reshape(T, N, -1)  # (T, N, H * Dv)
         return self.whiten(self.out_proj(v))
@@ -215,15 +284,46 @@ class NonlinAttention(nn.Module):
     def forward(self, x: Tensor, attn_weights: Tensor) -> Tensor:
         """
         Args:
-          x: (T, N, C); attn_weights: (1, N, T, T) (the first head's weights).
+          x: (T, N, C); attn_weights: (H, N, T, T), H = 1 in a Zipformer layer (the first
+            head's weights).
         Returns:
           (T, N, C)
+        """
+        gated, y = self._gate(x, attn_weights.shape[0])
+        return self._attend(gated, y, attn_weights)
+
+    def streaming_forward(self, x: Tensor, attn_weights: Tensor, cached_x: Tensor,
+                          left_context_len: int) -> tuple[Tensor, Tensor]:
+        """
+        Args:
+          x: (T, N, C) a chunk; attn_weights: (H, N, T, L + T);
+          cached_x: (H, N, L, hidden / H) gated inputs of the L frames before the chunk;
+          left_context_len: L.
+        Returns:
+          (T, N, C) and the updated (H, N, L, hidden / H) cached_x.
+        """
+        gated, y = self._gate(x, attn_weights.shape[0])
+        gated = torch.cat((cached_x, gated), dim=2)  # (H, N, L + T, hidden / H)
+        return (self._attend(gated, y, attn_weights),
+                gated[:, :, gated.shape[2] - left_context_len:])
+
+    def _gate(self, x: Tensor, num_heads: int) -> tuple[Tensor, Tensor]:
+        """
+        Args:
+          x: (T, N, C); num_heads: H.
+        Returns:
+          the gated input x * tanh(s) split into heads, (H, N, T, hidden / H), and the
+          output gate y, (T, N, hidden).
         """
         T, N, _ = x.shape
         s, x, y = self.in_proj(x).chunk(3, dim=2)  # each (T, N, hidden)
         x = self.whiten1(x) * torch.tanh(self.balancer(s))
-        H = attn_weights.shape[0]
-        x = x.reshape(T, N, H, -1).permute(2, 1, 0, 3)  # (H, N, T, hidden / H)
-        x = torch.matmul(attn_weights, x)
+        return x.reshape(T, N, num_heads, -1).permute(2, 1, 0, 3), y  # (H, N, T, hidden / H)
+
+    def _attend(self, gated: Tensor, y: Tensor, attn_weights: Tensor) -> Tensor:
+        """gated: (H, N, K, hidden / H); y: (T, N, hidden); attn_weights: (H, N, T, K)
+        -> (T, N, C)."""
+        T, N, _ = y.shape
+        x = torch.matmul(attn_weights, gated)  # (H, N, T, hidden / H)
         x = x.permute(2, 1, 0, 3).reshape(T, N, -1)  # (T, N, hidden)
         return self.whiten2(self.out_proj(x * y))

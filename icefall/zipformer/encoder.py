@@ -7,6 +7,10 @@ downsampled by 2.
 
 Dimension legend: T = frames after the frontend (seq-first layout), N = batch,
 C = channels of the current stack, Cmax = max(encoder_dim), ds = a downsampling factor.
+
+Streaming (icefall's API: ``get_init_states``, ``streaming_forward``): a stream goes through
+in chunks of T frames; every layer keeps six cached tensors (STATE_NAMES) covering the last
+L frames (L = left_context_frames[0] at the frontend's rate, L / ds inside a stack).
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ from torch import Tensor, nn
 
 from icefall.zipformer.attention import CompactRelPositionalEncoding
 from icefall.zipformer.layer import BypassModule, Zipformer2EncoderLayer
-from icefall.zipformer.scaling import FloatLike, ScheduledFloat, convert_num_channels
+from icefall.zipformer.scaling import (
+    FloatLike,
+    ScheduledFloat,
+    _is_exporting,
+    convert_num_channels,
+)
+
+# The cached tensors of one layer in a stream's states, in icefall's order.
+STATE_NAMES = ("cached_key", "cached_nonlin_attn", "cached_val1", "cached_val2",
+               "cached_conv1", "cached_conv2")
 
 
 class Zipformer2Encoder(nn.Module):
@@ -63,6 +76,27 @@ class Zipformer2Encoder(nn.Module):
                         src_key_padding_mask=src_key_padding_mask)
             out = out * feature_mask
         return out
+
+    def streaming_forward(self, src: Tensor, states: list[Tensor], left_context_len: int,
+                          src_key_padding_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """One chunk of a stream through every layer.
+
+        Args:
+          src: (T, N, C); states: six cached tensors per layer (see
+            :meth:`Zipformer2EncoderLayer.streaming_forward`); left_context_len: L;
+          src_key_padding_mask: (N, L + T) bool.
+        Returns:
+          (T, N, C) and the updated states, in the same order.
+        """
+        pos_emb = self.encoder_pos(src, left_context_len=left_context_len)
+        out = src
+        new_states: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            out, *layer_states = layer.streaming_forward(
+                out, pos_emb, *states[6 * i: 6 * (i + 1)], left_context_len=left_context_len,
+                src_key_padding_mask=src_key_padding_mask)
+            new_states += layer_states
+        return out, new_states
 
 
 class SimpleDownsample(nn.Module):
@@ -136,6 +170,23 @@ class DownsampledZipformer2Encoder(nn.Module):
         out = self.upsample(out)[: src.shape[0]]
         return self.out_combiner(src, out)
 
+    def streaming_forward(self, src: Tensor, states: list[Tensor], left_context_len: int,
+                          src_key_padding_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """One chunk of a stream.
+
+        Args:
+          src: (T, N, C); states: six cached tensors per layer of the inner stack;
+          left_context_len: L at this stack's rate;
+          src_key_padding_mask: (N, L + ceil(T / ds)), already downsampled by the caller.
+        Returns:
+          (T, N, C) and the updated states.
+        """
+        out, new_states = self.encoder.streaming_forward(
+            self.downsample(src), states=states, left_context_len=left_context_len,
+            src_key_padding_mask=src_key_padding_mask)
+        out = self.upsample(out)[: src.shape[0]]
+        return self.out_combiner(src, out), new_states
+
 
 def _per_stack(value: int | Sequence[int], name: str, num_stacks: int) -> tuple[int, ...]:
     """Expands a one-value flag to every stack; rejects lists of the wrong length."""
@@ -193,6 +244,8 @@ class Zipformer2(nn.Module):
                     value_head_dim=_per_stack(value_head_dim, "value_head_dim", n),
                     feedforward_dim=_per_stack(feedforward_dim, "feedforward_dim", n))
         self._check(dims)
+        self.query_head_dim = dims["query_head_dim"]
+        self.value_head_dim = dims["value_head_dim"]
         self.encoders = nn.ModuleList(
             self._make_stack(i, dims, pos_dim, dropout, warmup_batches) for i in range(n))
         self.downsample_output = SimpleDownsample(max(self.encoder_dim),
@@ -307,6 +360,106 @@ class Zipformer2(nn.Module):
             outputs.append(x)
         x = self.downsample_output(self._full_dim_output(outputs))
         return x, torch.div(x_lens + 1, 2, rounding_mode="floor")
+
+    def streaming_left_context(self) -> int:
+        """L, the frames of left context (at the frontend's rate) a stream keeps: the first
+        of ``left_context_frames``, as icefall's streaming code uses it.
+
+        Raises:
+          ValueError: for a non-causal model, or an L that is not positive or not a
+            multiple of every downsampling factor.
+        """
+        if not self.causal:
+            raise ValueError("streaming needs a causal model (--causal 1)")
+        L = self.left_context_frames[0]
+        if L <= 0 or any(L % ds for ds in self.downsampling_factor):
+            raise ValueError(f"streaming needs --left-context-frames (first value {L}) "
+                             "positive and a multiple of every --downsampling-factor "
+                             f"{self.downsampling_factor}")
+        return L
+
+    def _state_shapes(self, batch_size: int) -> list[tuple[int, ...]]:
+        """Shapes of the six cached tensors of every layer, in icefall's order (see
+        :meth:`get_init_states`)."""
+        L = self.streaming_left_context()
+        shapes = []
+        for i, ds in enumerate(self.downsampling_factor):
+            C, H = self.encoder_dim[i], self.num_heads[i]
+            key = (L // ds, batch_size, H * self.query_head_dim[i])
+            val = (L // ds, batch_size, H * self.value_head_dim[i])
+            nonlin = (1, batch_size, L // ds, 3 * C // 4)
+            conv = (batch_size, C, self.cnn_module_kernel[i] // 2)
+            shapes += [key, nonlin, val, val, conv, conv] * self.num_encoder_layers[i]
+        return shapes
+
+    def get_init_states(self, batch_size: int = 1,
+                        device: torch.device | str = "cpu") -> list[Tensor]:
+        """The caches of a stream before its first chunk (zeros; the caller's key-padding
+        mask hides them until real frames fill them).
+
+        For layer j, states[6j: 6j + 6] are (cached_key (L', N, H * Dq),
+        cached_nonlin_attn (1, N, L', 3C/4), cached_val1 (L', N, H * Dv), cached_val2,
+        cached_conv1 (N, C, kernel // 2), cached_conv2), with L' = L / ds its stack's
+        left context and C, H, Dq, Dv, kernel its stack's sizes. The dtype is the model's.
+
+        Args:
+          batch_size: N streams; device: where the states live.
+        Returns:
+          6 * (total layers) tensors.
+        """
+        dtype = self.downsample_output.bias.dtype
+        return [torch.zeros(shape, dtype=dtype, device=device)
+                for shape in self._state_shapes(batch_size)]
+
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, states: list[Tensor],
+                          src_key_padding_mask: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """One chunk of N streams (eval mode; icefall's API).
+
+        Args:
+          x: (T, N, encoder_dim[0]) the chunk's frontend output; x_lens: (N,) its valid
+            frames; states: from :meth:`get_init_states` or the previous chunk;
+          src_key_padding_mask: (N, L + T) bool, True at cached frames not yet filled (the
+            first L columns, oldest first) and at padded frames of the chunk.
+        Returns:
+          ((T + 1) // 2, N, Cmax) output, (N,) lengths (x_lens + 1) // 2, updated states.
+        """
+        L = self.streaming_left_context()
+        if not _is_exporting():
+            self._check_streaming_inputs(x, states, src_key_padding_mask, L)
+        outputs, new_states, offset = [], [], 0
+        for i, stack in enumerate(self.encoders):
+            ds = self.downsampling_factor[i]
+            n = 6 * self.num_encoder_layers[i]
+            x = convert_num_channels(x, self.encoder_dim[i])
+            x, stack_states = stack.streaming_forward(
+                x, states=states[offset: offset + n], left_context_len=L // ds,
+                src_key_padding_mask=src_key_padding_mask[..., ::ds])
+            offset += n
+            outputs.append(x)
+            new_states += stack_states
+        x = self.downsample_output(self._full_dim_output(outputs))
+        return x, torch.div(x_lens + 1, 2, rounding_mode="floor"), new_states
+
+    def _check_streaming_inputs(self, x: Tensor, states: list[Tensor], mask: Tensor,
+                                L: int) -> None:
+        """Raises ValueError naming the first input whose shape streaming_forward cannot use
+        (shapes only: nothing is read from the device)."""
+        if x.ndim != 3 or x.shape[2] != self.encoder_dim[0]:
+            raise ValueError(f"x must have shape (T, N, {self.encoder_dim[0]}), got "
+                             f"{tuple(x.shape)}")
+        T, N, _ = x.shape
+        if tuple(mask.shape) != (N, L + T):
+            raise ValueError(f"src_key_padding_mask must have shape (N, L + T) = "
+                             f"({N}, {L + T}), got {tuple(mask.shape)}")
+        shapes = self._state_shapes(N)
+        if len(states) != len(shapes):
+            raise ValueError(f"expected {len(shapes)} encoder states (6 per layer), got "
+                             f"{len(states)}")
+        for j, (state, shape) in enumerate(zip(states, shapes)):
+            if tuple(state.shape) != shape:
+                raise ValueError(f"encoder state {j} (layer {j // 6}, "
+                                 f"{STATE_NAMES[j % 6]}) has shape {tuple(state.shape)}, "
+                                 f"expected {shape}")
 
     def _full_dim_output(self, outputs: list[Tensor]) -> Tensor:
         """(T, N, Cmax): each channel taken from the last stack that has it."""

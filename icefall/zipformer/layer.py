@@ -7,7 +7,12 @@ Layer order (x0 = layer input):
   -> ff3 -> BiasNorm -> bypass(x0, .) -> [adapter]
 each module adding its output to the running sum.
 
-Dimension legend: T = frames (seq-first layout), N = batch, C = embed_dim.
+Streaming (``streaming_forward``): the same layer on one chunk of a stream, each module
+that mixes frames continuing from its cached left context (icefall's cache layout).
+
+Dimension legend: T = frames (seq-first layout), N = batch, C = embed_dim, L = cached
+left-context frames, K = attended frames (T, or L + T when streaming), H = heads,
+Dq = query_head_dim, Dv = value_head_dim.
 """
 
 from __future__ import annotations
@@ -99,15 +104,40 @@ class ConvolutionModule(nn.Module):
         Returns:
           (T, N, C)
         """
+        x = self._gate(x, src_key_padding_mask)  # (N, C, T)
+        if self.causal:
+            x = self.depthwise_conv(x, chunk_size=chunk_size)
+        else:
+            x = self.depthwise_conv(x)
+        return self._project(x)
+
+    def streaming_forward(self, x: Tensor, cache: Tensor, src_key_padding_mask: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+        """One chunk of a stream (causal models only).
+
+        Args:
+          x: (T, N, C) the chunk; cache: (N, C, kernel_size // 2) the gated frames before it;
+          src_key_padding_mask: (N, T) bool, True at padding.
+        Returns:
+          (T, N, C) and the updated (N, C, kernel_size // 2) cache.
+        """
+        if not self.causal:
+            raise ValueError("streaming needs a causal model (--causal 1)")
+        x, cache = self.depthwise_conv.streaming_forward(
+            self._gate(x, src_key_padding_mask), cache=cache)
+        return self._project(x), cache
+
+    def _gate(self, x: Tensor, src_key_padding_mask: Tensor | None) -> Tensor:
+        """x: (T, N, C) -> (N, C, T) gated input of the depthwise conv, zero at padding."""
         x, s = self.in_proj(x).chunk(2, dim=2)  # each (T, N, C)
         x = x * torch.sigmoid(self.balancer1(s))
         x = x.permute(1, 2, 0)  # (N, C, T)
         if src_key_padding_mask is not None:
             x = x.masked_fill(src_key_padding_mask.unsqueeze(1), 0.0)
-        if self.causal:
-            x = self.depthwise_conv(x, chunk_size=chunk_size)
-        else:
-            x = self.depthwise_conv(x)
+        return x
+
+    def _project(self, x: Tensor) -> Tensor:
+        """x: (N, C, T) depthwise conv output -> (T, N, C)."""
         x = self.balancer2(x).permute(2, 0, 1)  # (T, N, C)
         return self.out_proj(self.whiten(x))
 
@@ -249,29 +279,124 @@ class Zipformer2EncoderLayer(nn.Module):
         Returns:
           (T, N, C)
         """
-        src_orig = src
         weights = self.self_attn_weights(src, pos_emb=pos_emb, attn_mask=attn_mask,
                                          key_padding_mask=src_key_padding_mask)
+        return self._body(src, _Mixers(self, weights, chunk_size, src_key_padding_mask))
+
+    def streaming_forward(self, src: Tensor, pos_emb: Tensor, cached_key: Tensor,
+                          cached_nonlin_attn: Tensor, cached_val1: Tensor,
+                          cached_val2: Tensor, cached_conv1: Tensor, cached_conv2: Tensor,
+                          left_context_len: int, src_key_padding_mask: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """One chunk of a stream: the layer of :meth:`forward` (adapters included), its
+        attention reaching back over L cached frames, its convolutions over theirs.
+
+        Args:
+          src: (T, N, C) the chunk; pos_emb: (1, L + 2T - 1, pos_dim);
+          cached_key: (L, N, H * Dq); cached_nonlin_attn: (1, N, L, 3C/4);
+          cached_val1, cached_val2: (L, N, H * Dv);
+          cached_conv1, cached_conv2: (N, C, kernel // 2);
+          left_context_len: L;
+          src_key_padding_mask: (N, L + T) bool, True at cached frames not yet filled and
+            at padded frames of the chunk.
+        Returns:
+          (T, N, C) and the six caches updated, in the order given.
+        """
+        weights, cached_key = self.self_attn_weights.streaming_forward(
+            src, pos_emb=pos_emb, cached_key=cached_key, left_context_len=left_context_len,
+            key_padding_mask=src_key_padding_mask)
+        mixers = _StreamingMixers(self, weights, src_key_padding_mask[:, left_context_len:],
+                                  [cached_nonlin_attn, cached_val1, cached_val2,
+                                   cached_conv1, cached_conv2], left_context_len)
+        src = self._body(src, mixers)
+        return (src, cached_key, *mixers.caches)
+
+    def _body(self, src: Tensor, mix: _Mixers) -> Tensor:
+        """The layer after its attention weights: src (T, N, C) -> (T, N, C), the modules
+        that mix frames called through ``mix``."""
+        src_orig = src
         src = src + self.feed_forward1(src)
         attn_mask_seq = _sequence_mask(src, self._rate(self.attention_skip_rate))
-        na = self.balancer_na(self.nonlin_attention(src, weights[0:1]))
+        na = self.balancer_na(mix.nonlin(src))
         src = src + _masked(na, attn_mask_seq)
-        src = src + _masked(self.self_attn1(src, weights), attn_mask_seq)
+        src = src + _masked(mix.attn(0, src), attn_mask_seq)
         src = self._adapt("post_sa_adapter", src)
         conv_rate = self._rate(self.conv_skip_rate)
-        conv = self.conv_module1(src, chunk_size=chunk_size,
-                                 src_key_padding_mask=src_key_padding_mask)
-        src = src + _masked(conv, _sequence_mask(src, conv_rate))
+        src = src + _masked(mix.conv(0, src), _sequence_mask(src, conv_rate))
         ff2 = self.balancer_ff2(self.feed_forward2(src))
         src = src + _masked(ff2, _sequence_mask(src, self._rate(self.ff2_skip_rate)))
         src = self._adapt("mid_adapter", self.bypass_mid(src_orig, src))
-        src = src + _masked(self.self_attn2(src, weights), attn_mask_seq)
-        conv = self.conv_module2(src, chunk_size=chunk_size,
-                                 src_key_padding_mask=src_key_padding_mask)
-        src = src + _masked(conv, _sequence_mask(src, conv_rate))
+        src = src + _masked(mix.attn(1, src), attn_mask_seq)
+        src = src + _masked(mix.conv(1, src), _sequence_mask(src, conv_rate))
         src = self._adapt("post_conv_adapter", src)
         ff3 = self.balancer_ff3(self.feed_forward3(src))
         src = src + _masked(ff3, _sequence_mask(src, self._rate(self.ff3_skip_rate)))
         src = self.norm(self.balancer1(src))
         src = self.whiten(self.balancer2(self.bypass(src_orig, src)))
         return self._adapt("adapter", src)
+
+
+class _Mixers:
+    """A layer's frame-mixing modules (non-linear attention, the two self-attentions, the
+    two convolutions) bound to one call's attention weights and padding mask.
+
+    Args:
+      layer: the layer; weights: (H, N, T, K) attention weights;
+      chunk_size: the convolutions' chunk (-1 for none); mask: (N, T) bool or None.
+    """
+
+    def __init__(self, layer: Zipformer2EncoderLayer, weights: Tensor, chunk_size: int,
+                 mask: Tensor | None) -> None:
+        self.weights = weights
+        self.chunk_size = chunk_size
+        self.mask = mask
+        self.nonlin_module = layer.nonlin_attention
+        self.attn_modules = (layer.self_attn1, layer.self_attn2)
+        self.conv_modules = (layer.conv_module1, layer.conv_module2)
+
+    def nonlin(self, src: Tensor) -> Tensor:
+        """src: (T, N, C) -> (T, N, C), attending with the first head's weights."""
+        return self.nonlin_module(src, self.weights[0:1])
+
+    def attn(self, i: int, src: Tensor) -> Tensor:
+        """Self-attention i (0 or 1): src (T, N, C) -> (T, N, C)."""
+        return self.attn_modules[i](src, self.weights)
+
+    def conv(self, i: int, src: Tensor) -> Tensor:
+        """Convolution module i (0 or 1): src (T, N, C) -> (T, N, C)."""
+        return self.conv_modules[i](src, chunk_size=self.chunk_size,
+                                    src_key_padding_mask=self.mask)
+
+
+class _StreamingMixers(_Mixers):
+    """:class:`_Mixers` for one chunk of a stream; each module continues from its cached
+    left context, and ``caches`` holds the updated ones.
+
+    Args:
+      caches: [cached_nonlin_attn, cached_val1, cached_val2, cached_conv1, cached_conv2]
+        (shapes as in :meth:`Zipformer2EncoderLayer.streaming_forward`);
+      left_context_len: L; mask: (N, T) bool, the chunk's padding.
+    """
+
+    def __init__(self, layer: Zipformer2EncoderLayer, weights: Tensor, mask: Tensor,
+                 caches: list[Tensor], left_context_len: int) -> None:
+        super().__init__(layer, weights, -1, mask)
+        self.caches = list(caches)
+        self.left_context_len = left_context_len
+
+    def nonlin(self, src: Tensor) -> Tensor:
+        out, self.caches[0] = self.nonlin_module.streaming_forward(
+            src, self.weights[0:1], cached_x=self.caches[0],
+            left_context_len=self.left_context_len)
+        return out
+
+    def attn(self, i: int, src: Tensor) -> Tensor:
+        out, self.caches[1 + i] = self.attn_modules[i].streaming_forward(
+            src, self.weights, cached_val=self.caches[1 + i],
+            left_context_len=self.left_context_len)
+        return out
+
+    def conv(self, i: int, src: Tensor) -> Tensor:
+        out, self.caches[3 + i] = self.conv_modules[i].streaming_forward(
+            src, cache=self.caches[3 + i], src_key_padding_mask=self.mask)
+        return out

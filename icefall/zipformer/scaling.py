@@ -707,6 +707,22 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
         x_chunk = x_chunk.reshape(N, C, num_chunks * chunk_size)[..., :T]
         return x_chunk + x_causal
 
+    def streaming_forward(self, x: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
+        """One chunk of a stream: the causal part continues from the cached frames, the
+        chunkwise part sees the chunk alone (``forward`` with chunk_size = T, run on the
+        whole stream, gives the same outputs).
+
+        Args:
+          x: (N, C, T) one chunk; cache: (N, C, kernel_size // 2) the frames before it.
+        Returns:
+          (N, C, T) and the updated (N, C, kernel_size // 2) cache.
+        """
+        left_pad = self.kernel_size // 2
+        x = torch.cat((cache, x), dim=2)  # (N, C, left_pad + T)
+        T = x.shape[2] - left_pad
+        x_chunk = self.chunkwise_conv(x[..., left_pad:]) * self._chunk_scale(T)
+        return x_chunk + self.causal_conv(x), x[..., T:]
+
     def _chunk_scale(self, chunk_size: int) -> Tensor:
         """(C, chunk_size) multiplier of the chunkwise conv's output."""
         left, right = self.chunkwise_conv_scale[0], self.chunkwise_conv_scale[1]

@@ -1,7 +1,12 @@
 """Convolutional frontend: 2x time subsampling with a ConvNeXt block (Zipformer paper, 3.1).
 
+Streaming (icefall's ``streaming_forward``): a chunk of features gives (T - 7) // 2 - 3
+frames; the ConvNeXt block's 3 frames of left context are cached between chunks, its 3
+frames of right context come from the chunk's end.
+
 Dimension legend: N = batch, T = input frames, F = feature bins (80),
-T' = (T - 7) // 2 output frames, C = output channels (encoder_dim[0]).
+T' = (T - 7) // 2 output frames, C = output channels (encoder_dim[0]),
+P = the ConvNeXt block's time padding (3).
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ from icefall.zipformer.scaling import (
     SwooshL,
     SwooshR,
     Whiten,
+    _is_exporting,
 )
 
 # Frames consumed by the three 3x3 convolutions: T' = (T - 7) // 2.
 MIN_INPUT_FRAMES = 9
+# Streaming: the ConvNeXt block's right context, in output frames (its 7x7 kernel's reach).
+STREAMING_RIGHT_CONTEXT = 3
+# Streaming: the fewest feature frames giving one output frame, (15 - 7) // 2 - 3 = 1.
+MIN_STREAMING_FRAMES = 7 + 2 * (STREAMING_RIGHT_CONTEXT + 1)
 
 
 def subsampled_length(x_lens: Tensor) -> Tensor:
@@ -43,6 +53,7 @@ class ConvNeXt(nn.Module):
         super().__init__()
         padding = ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
         hidden = channels * hidden_ratio
+        self.padding = padding
         self.layerdrop_rate = (ScheduledFloat((0.0, 0.2), (20000.0, 0.015))
                                if layerdrop_rate is None else layerdrop_rate)
         self.depthwise_conv = nn.Conv2d(channels, channels, kernel_size, groups=channels,
@@ -65,8 +76,32 @@ class ConvNeXt(nn.Module):
         Returns:
           (N, C, T, F)
         """
-        bypass = x
-        x = self.pointwise_conv1(self.depthwise_conv(x))
+        return self._residual(x, self.depthwise_conv(x))
+
+    def streaming_forward(self, x: Tensor, cached_left_pad: Tensor) -> tuple[Tensor, Tensor]:
+        """One chunk of a stream: x holds the chunk's T frames and then the P =
+        ``padding[0]`` frames after them (the convolution's right context); the P frames
+        before them come from the cache.
+
+        Args:
+          x: (N, C, T + P, F); cached_left_pad: (N, C, P, F).
+        Returns:
+          (N, C, T, F) and the updated (N, C, P, F) cache: the chunk's last P frames.
+        """
+        P = self.padding[0]
+        T = x.shape[2] - P
+        bypass = x[:, :, :T]
+        x = torch.cat((cached_left_pad, x), dim=2)  # (N, C, P + T + P, F)
+        conv = self.depthwise_conv
+        # The time padding comes from the frames around the chunk: pad frequency only.
+        y = nn.functional.conv2d(x, conv.weight, conv.bias, padding=(0, self.padding[1]),
+                                 groups=conv.groups)  # (N, C, T, F)
+        return self._residual(bypass, y), x[:, :, T: T + P]
+
+    def _residual(self, bypass: Tensor, x: Tensor) -> Tensor:
+        """bypass: (N, C, T, F) block input; x: (N, C, T, F) depthwise conv output
+        -> (N, C, T, F)."""
+        x = self.pointwise_conv1(x)
         x = self.activation(self.hidden_balancer(x))
         x = self.pointwise_conv2(x)
         rate = float(self.layerdrop_rate) if self.training else 0.0
@@ -93,6 +128,7 @@ class Conv2dSubsampling(nn.Module):
         if in_channels < 7:
             raise ValueError(f"feature_dim must be >= 7 for the frontend, got {in_channels}")
         self.in_channels = in_channels
+        self.layer3_channels = layer3_channels
         self.conv = nn.Sequential(
             nn.Conv2d(1, layer1_channels, kernel_size=3, padding=(0, 1)),
             ScaleGrad(0.2),
@@ -106,8 +142,8 @@ class Conv2dSubsampling(nn.Module):
             SwooshR(),
         )
         self.convnext = ConvNeXt(layer3_channels, kernel_size=(7, 7))
-        out_width = (((in_channels - 1) // 2) - 1) // 2
-        self.out = nn.Linear(out_width * layer3_channels, out_channels)
+        self.out_width = (((in_channels - 1) // 2) - 1) // 2
+        self.out = nn.Linear(self.out_width * layer3_channels, out_channels)
         self.out_whiten = Whiten(num_groups=1,
                                  whitening_limit=ScheduledFloat((0.0, 4.0), (20000.0, 8.0),
                                                              default=4.0),
@@ -123,9 +159,53 @@ class Conv2dSubsampling(nn.Module):
           (N, T', C) embeddings and (N,) their valid lengths (T - 7) // 2.
         """
         x = self.conv(x.unsqueeze(1))  # (N, 1, T, F) -> (N, 128, T', F')
-        x = self.convnext(x)
+        return self._project(self.convnext(x)), subsampled_length(x_lens)
+
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, cached_left_pad: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor]:
+        """One chunk of a stream (icefall's API): the ConvNeXt block takes its left context
+        from ``cached_left_pad`` and its right context from the chunk's last
+        STREAMING_RIGHT_CONTEXT output frames, which are not returned.
+
+        Args:
+          x: (N, T, F) features, T >= MIN_STREAMING_FRAMES: the chunk and the frames after it
+            (icefall feeds 2 * chunk_size + 13); x_lens: (N,) valid frames;
+          cached_left_pad: (N, layer3_channels, 3, out_width), from :meth:`get_init_states`
+            or the previous chunk.
+        Returns:
+          (N, T'', C) embeddings with T'' = (T - 7) // 2 - 3, (N,) valid lengths
+          (x_lens - 7) // 2 - 3 (at least 0), and the updated cache.
+        """
+        if not _is_exporting():
+            self._check_streaming_inputs(x, cached_left_pad)
+        x = self.conv(x.unsqueeze(1))  # (N, 1, T, F) -> (N, 128, T'' + 3, F')
+        x, cached_left_pad = self.convnext.streaming_forward(x, cached_left_pad)
+        lens = (subsampled_length(x_lens) - STREAMING_RIGHT_CONTEXT).clamp(min=0)
+        return self._project(x), lens, cached_left_pad
+
+    def get_init_states(self, batch_size: int = 1,
+                        device: torch.device | str = "cpu") -> Tensor:
+        """The ConvNeXt block's left context before a stream's first chunk: zeros, as the
+        full forward pads, of shape (N, layer3_channels, 3, out_width) and the model's dtype."""
+        shape = (batch_size, self.layer3_channels, self.convnext.padding[0], self.out_width)
+        return torch.zeros(shape, dtype=self.out.weight.dtype, device=device)
+
+    def _check_streaming_inputs(self, x: Tensor, cached_left_pad: Tensor) -> None:
+        """Raises ValueError for shapes streaming_forward cannot use (shapes only)."""
+        if x.ndim != 3 or x.shape[2] != self.in_channels:
+            raise ValueError(f"features must have shape (N, T, {self.in_channels}), got "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] < MIN_STREAMING_FRAMES:
+            raise ValueError(f"a streaming chunk needs at least {MIN_STREAMING_FRAMES} "
+                             f"feature frames, got {x.shape[1]}")
+        shape = (x.shape[0], self.layer3_channels, self.convnext.padding[0], self.out_width)
+        if tuple(cached_left_pad.shape) != shape:
+            raise ValueError(f"cached_left_pad must have shape {shape}, got "
+                             f"{tuple(cached_left_pad.shape)}")
+
+    def _project(self, x: Tensor) -> Tensor:
+        """x: (N, 128, T', F') ConvNeXt output -> (N, T', C) embeddings."""
         n, c, t, f = x.shape
         x = x.transpose(1, 2).reshape(n, t, c * f)  # (N, T', 128 * F')
         x = self.out_whiten(self.out(x))
-        x = self.dropout(self.out_norm(x))
-        return x, subsampled_length(x_lens)
+        return self.dropout(self.out_norm(x))
