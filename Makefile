@@ -15,7 +15,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo lint bench clean gpu-check gpu-wheels
+.PHONY: setup test test-fast demo lint bench clean gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): setup.py requirements.txt
 
 test: setup
 	$(PY) -m pytest -q test
+
+# The tests not marked slow (unit tests and oracles; no training runs): under 90 s.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" test
 
 lint: setup
 	$(PY) -m ruff check .

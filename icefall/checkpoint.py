@@ -247,6 +247,8 @@ def _average_updates(start: Mapping[str, Any], end: Mapping[str, Any], path_star
 
 def _params(data: Mapping[str, Any], path: str | Path) -> Mapping[str, Any]:
     params = data.get("params")
+    if not isinstance(params, Mapping) and "batch_idx_train" in data:
+        params = data  # icefall's own checkpoints keep their params at the top level
     if not isinstance(params, Mapping) or "batch_idx_train" not in params:
         raise CheckpointError(f"{path} has no params['batch_idx_train']; it was not written "
                               "by train.py with --average-period")

@@ -143,3 +143,28 @@ def test_find_and_remove_checkpoints(tmp_path):
     removed = remove_checkpoints(tmp_path, keep_last_k=2)
     assert sorted(f.name for f in removed) == ["checkpoint-100.pt", "checkpoint-200.pt"]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-300.pt", "checkpoint-400.pt"]
+
+
+def test_averaged_model_of_icefall_layout_counts_updates_not_batches(tmp_path):
+    """icefall keeps params at the top level of the file; with --average-period 2 and a
+    start checkpoint between updates (batch 3), the result is the mean of the snapshots
+    the running average took after it (batches 4, 6, 8)."""
+    torch.manual_seed(0)
+    model, model_avg = small_model(), small_model()
+    snapshots = {}
+    for batch in range(1, 9):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        if batch % 2 == 0:
+            snapshots[batch] = {k: v.clone() for k, v in model.state_dict().items()}
+            update_averaged_model(model_avg, model, batch_idx_train=batch, average_period=2)
+        if batch in (3, 8):
+            torch.save({"model": model.state_dict(), "model_avg": model_avg.state_dict(),
+                        "batch_idx_train": batch, "average_period": 2},
+                       tmp_path / f"checkpoint-{batch}.pt")
+    avg = average_checkpoints_with_averaged_model(tmp_path / "checkpoint-3.pt",
+                                                  tmp_path / "checkpoint-8.pt")
+    for k in avg:
+        expected = sum(snapshots[b][k].double() for b in (4, 6, 8)) / 3
+        assert torch.allclose(avg[k].double(), expected, atol=1e-5), k

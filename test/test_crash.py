@@ -49,7 +49,7 @@ def test_kill_9_during_training_leaves_only_whole_checkpoints(corpus, tmp_path):
         proc = _start("train.py", train_args(corpus, exp, "a", 2, "--save-every-n", "1",
                                              "--keep-last-k", "1000"))
         _kill_after(proc, rng.uniform(6.0, 14.0))
-        saved = sorted(exp.glob("*.pt"))
+        saved = sorted(p for p in exp.glob("*.pt") if not p.name.startswith("."))
         for f in saved:
             ckpt = load_checkpoint_file(f)
             assert all(torch.isfinite(v).all() for v in ckpt["model"].values()), f

@@ -21,7 +21,7 @@ def test_ruff_finds_nothing():
 def test_every_script_has_a_usage_block():
     """icefall style: each recipe and bench script starts with a runnable usage block."""
     scripts = sorted((ROOT / "egs").rglob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
-    scripts = [s for s in scripts if s.name not in ("report.py", "__init__.py")
+    scripts = [s for s in scripts if s.name not in ("report.py", "__init__.py", "recipes.py")
                and "local" not in s.parts]
     assert scripts
     for path in scripts:
