@@ -37,6 +37,7 @@ adapter_lr=0.1       # adapters (zero-initialised, updates floored by --adapter-
 max_duration=15      # seconds of audio per training batch
 num_buckets=10       # duration buckets of the training sampler
 decode_max_duration=100
+seed=42              # training's random seed (the corpus stays the same: see prepare.sh)
 train_flags="--lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50 --ref-duration 0.25
   --warm-step 100 --ctc-loss-scale 0.5 --am-scale 0.2 --enable-spec-aug 0
   --enable-musan 0 --num-workers 0 --tensorboard 0 --log-interval 20
@@ -48,7 +49,10 @@ cd "$(dirname "$0")"
 recipes=../../librispeech/ASR
 bpe=data/lang_bpe_$vocab_size/bpe.model
 data_flags="--manifest-dir data/fbank --bpe-model $bpe"
-train_data_flags="--max-duration $max_duration --num-buckets $num_buckets"
+# A training stage whose output is missing starts again from scratch (--overwrite 1 removes
+# what an interrupted attempt left in its exp-dir).
+train_data_flags="--max-duration $max_duration --num-buckets $num_buckets --seed $seed
+  --overwrite 1"
 mkdir -p "$exp_dir"
 
 log() {

@@ -18,9 +18,10 @@ import json
 import re
 from pathlib import Path
 
+from icefall.cli import exit_with_error
 from icefall.cli.flags import ArgumentParser
 from icefall.decode.report import read_wer_summary
-from icefall.files import atomic_write_text
+from icefall.files import atomic_write, atomic_write_text
 
 # report key -> (decode folder, test set)
 SYSTEMS = {
@@ -109,26 +110,36 @@ def wer_table(w: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+# chart groups: (label, system on A, system on B); A is where forgetting shows, B recovery
+GROUPS = [("base model\n(trained on A)", "base/A", "base/B"),
+          ("adapters\n(off on A)", "adapter_off/A", "adapter/B"),
+          ("full\nfine-tuning", "full_ft/A", "full_ft/B"),
+          ("adapters:\nONNX fp32", None, "onnx/B"), ("adapters:\nONNX int8", None, "onnx_int8/B"),
+          ("adapters:\nsherpa-onnx", None, "sherpa_onnx/B")]
+
+
 def plot(w: dict[str, float], path: Path) -> None:
-    """Bar chart of the WERs (matplotlib, no display needed)."""
+    """Grouped bar chart: each system with its WER on A and on B side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in SYSTEMS if k in w]
+    groups = [g for g in GROUPS if g[1] in w or g[2] in w]
     fig, ax = plt.subplots(figsize=(9, 4))
-    bars = ax.bar(range(len(keys)), [w[k] for k in keys],
-                  color=["tab:blue" if k.endswith("/A") else "tab:orange" for k in keys])
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(range(len(keys)), keys, rotation=35, ha="right", fontsize=8)
+    for offset, index, label, color in ((-0.2, 1, "A (audiobooks)", "tab:blue"),
+                                        (0.2, 2, "B (podcasts)", "tab:orange")):
+        xs = [i + offset for i, g in enumerate(groups) if g[index] in w]
+        bars = ax.bar(xs, [w[g[index]] for g in groups if g[index] in w], width=0.38,
+                      color=color, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(groups)), [g[0] for g in groups], fontsize=8)
     ax.set_ylabel("WER (%)")
-    ax.set_title("zipformer-adapter demo: domain A (blue) and B (orange)")
+    ax.legend(fontsize=8)
+    ax.set_title("zipformer-adapter demo: forgetting on A, recovery on B")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))  # the name keeps .png
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main() -> None:
@@ -137,6 +148,9 @@ def main() -> None:
     p.add_argument("--exp-dir", type=Path, default=Path("exp"))
     args = p.parse_args()
     w, seconds = read_wers(args.exp_dir), read_seconds(args.exp_dir)
+    if not w:
+        exit_with_error(f"no wer-summary-*.txt under {args.exp_dir / 'decode'}: run the "
+                        "decoding stages of run.sh first")
     trainable, total = read_param_counts(args.exp_dir)
     checks = check_targets(w, seconds)
     report = {"wer": w, "trainable_params": trainable, "total_params": total,
