@@ -24,6 +24,7 @@ from lhotse import CutSet
 from torch import nn
 
 from icefall.data import AsrDataModule, load_bpe_model, load_cuts
+from icefall.data.manifests import find_manifest
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.data.validation import validate_manifest
 from icefall.decode.gigaspeech_scoring import post_processing
@@ -50,12 +51,13 @@ def parse_test_sets(value: str) -> list[tuple[str, str]]:
 
 
 def load_test_sets(params: Mapping[str, Any]) -> dict[str, CutSet]:
-    """The test sets of ``params["test_sets"]`` (lazy), every cut checked first (readable,
-    features or audio present, no audio source that runs a command or fetches a URL
-    unless ``trust_manifest``): a bad cut is one line naming it, before decoding starts."""
+    """The test sets of ``params["test_sets"]`` (lazy; ``a|b``: the manifest of the two that
+    exists), every cut checked first (readable, features or audio present, no audio source
+    that runs a command or fetches a URL unless ``trust_manifest``): a bad cut is one line
+    naming it, before decoding starts."""
     sets = {}
     for name, manifest in parse_test_sets(params["test_sets"]):
-        path = Path(params["manifest_dir"]) / manifest
+        path = find_manifest(params["manifest_dir"], manifest)
         validate_manifest(path, require_supervisions=True,
                           need_features=not params.get("on_the_fly_feats", False),
                           trust_sources=params.get("trust_manifest", False))
