@@ -200,3 +200,36 @@ def test_listed_word_errors_count_misses_and_false_alarms():
     errors = listed_word_errors(results, {"QUIXOTE", "ZED"})
     assert (errors.misses, errors.false_alarms, errors.ref_words) == (2, 1, 3)
     assert errors.rate == 100.0
+
+
+def test_decode_py_biases_towards_a_context_file(corpus, base_run, tmp_path, capsys):
+    """decode.py --context-file: its own report names (icefall's -context-score- tag), and
+    the biased-word errors of the listed words with and without biasing (logged)."""
+    from runs import BASE, decode_args
+
+    from icefall.cli.decode import main as decode_main
+    from icefall.decode.report import read_transcripts
+
+    words = ["GOLF", "KILO", "ECHO"]
+    context = tmp_path / "context.txt"
+    context.write_text("\n".join(words) + "\n")
+    common = ["--decoding-method", "modified_beam_search", "--beam-size", "4"]
+    sets = "B=domb_cuts_valid.jsonl.gz"
+    plain = decode_main(BASE.decode, decode_args(corpus, base_run, 8, *common, "--res-dir",
+                                                 str(tmp_path / "plain"), sets=sets))
+    biased = decode_main(BASE.decode, decode_args(
+        corpus, base_run, 8, *common, "--context-file", str(context), "--context-score", "3",
+        "--res-dir", str(tmp_path / "biased"), sets=sets))
+    assert plain["B"][0][0] == "beam_size_4"
+    assert biased["B"][0][0] == "beam_size_4-context-score-3"
+    errors = {}
+    for name in ("plain", "biased"):
+        (recogs,) = (tmp_path / name).glob("recogs-B-*.txt")
+        errors[name] = listed_word_errors(read_transcripts(recogs), words)
+    print(f"listed-word errors on B: without biasing {errors['plain']}, "
+          f"with --context-score 3: {errors['biased']}")
+    assert errors["plain"].ref_words == errors["biased"].ref_words > 0
+    with pytest.raises(SystemExit):
+        decode_main(BASE.decode, decode_args(corpus, base_run, 8, "--context-file",
+                                             str(context), sets=sets))
+    assert "modified_beam_search only" in capsys.readouterr().err
