@@ -31,7 +31,12 @@ from icefall.checkpoint import (
     model_state_from,
     strip_ddp_prefix,
 )
-from icefall.zipformer import adapter_parameter_names, get_model, set_adapters_enabled
+from icefall.zipformer import (
+    adapter_parameter_names,
+    get_model,
+    remove_adapters,
+    set_adapters_enabled,
+)
 from icefall.zipformer.model import AsrModel
 
 
@@ -120,3 +125,15 @@ def load_model(params: Mapping[str, Any], device: torch.device | str = "cpu") ->
     logging.info(f"Using {source}; adapters {adapters}; "
                  f"{sum(p.numel() for p in model.parameters())} parameters")
     return model.to(device).eval()
+
+
+def load_export_model(params: Mapping[str, Any]) -> tuple[AsrModel, str]:
+    """The checkpoint model chosen by the flags, in eval mode on the CPU; with
+    ``use_adapters`` false any adapters are removed (the base model's graph)."""
+    state, source = select_state_dict(params)
+    model = model_from_state(params, state, source)
+    if not params["use_adapters"]:
+        removed = remove_adapters(model)
+        if removed:
+            logging.info(f"Left {removed} adapters of {source} out of the export")
+    return model.to("cpu").eval(), source

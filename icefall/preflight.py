@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from icefall.data.manifests import check_manifest
+from icefall.data.manifests import check_manifest, find_manifest
 from icefall.data.validation import validate_manifest
 
 # Flags that decide which batches a run sees: a mid-epoch resume that changes them would
@@ -24,14 +24,14 @@ RUN_FILES = ("epoch-*.pt", "checkpoint-*.pt", "best-*.pt", "bad-model*.pt")
 
 
 def check_training_manifests(params: Mapping[str, Any], names: list[str]) -> None:
-    """Every cut of every manifest named in ``names`` (comma-separated lists of file names in
-    --manifest-dir) parses, is usable for training and has its feature or audio files; the
-    first bad one is named. MUSAN's manifest must exist when --enable-musan is on."""
-    for value in names:
-        for name in (n.strip() for n in value.split(",") if n.strip()):
-            validate_manifest(Path(params["manifest_dir"]) / name, require_supervisions=True,
-                              need_features=not params["on_the_fly_feats"],
-                              trust_sources=params["trust_manifest"])
+    """Every cut of every manifest named in ``names`` (file names in --manifest-dir, ``a|b``
+    for alternatives) parses, is usable for training and has its feature or audio files;
+    the first bad one is named. MUSAN's manifest must exist when --enable-musan is on."""
+    for name in names:
+        validate_manifest(find_manifest(params["manifest_dir"], name),
+                          require_supervisions=True,
+                          need_features=not params["on_the_fly_feats"],
+                          trust_sources=params["trust_manifest"])
     if params["enable_musan"]:
         musan = Path(params["manifest_dir"]) / "musan_cuts.jsonl.gz"
         try:

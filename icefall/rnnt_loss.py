@@ -1,9 +1,8 @@
-"""RNN-T losses (full, simple, smoothed, pruned) with k2's names and semantics, in PyTorch.
+"""RNN-T losses (full, simple, smoothed, pruned, HAT) with k2's names and semantics, in PyTorch.
 
-The functions here take the same arguments as their namesakes in ``k2`` (``k2.rnnt_loss``,
-``k2.rnnt_loss_smoothed``, ``k2.get_rnnt_prune_ranges``, ...), so icefall code can import them
-from either place. Only k2's ``"regular"`` transducer topology is implemented: any number of
-symbols may be emitted on one frame, and the termination (blank) symbol advances to the next frame.
+The functions here take the same arguments, in the same order, as their namesakes in ``k2``
+(``k2.rnnt_loss``, ``k2.rnnt_loss_smoothed``, ``k2.get_rnnt_prune_ranges``, ...), so icefall
+code can import them from either place.
 
 Dimension legend:
   B: batch size.
@@ -12,36 +11,42 @@ Dimension legend:
   C: vocabulary size, including the termination (blank) symbol.
   R: ``s_range``, the number of symbol positions kept per frame by pruning.
 
-Every loss reduces to the recursion of ``mutual_information_recursion`` over the
-``(S + 1) x (T + 1)`` lattice::
+Every loss reduces to :func:`icefall.mutual_information.mutual_information_recursion` over
+the ``(S + 1) x (T + 1)`` lattice. ``px[b, s, t]`` is the log-prob of emitting
+``symbols[b, s]`` on frame ``t`` after the first ``s`` symbols, and ``py[b, s, t]`` (shape
+``(B, S + 1, T)``) that of emitting the termination symbol there, which moves to frame
+``t + 1``. The log-likelihood of utterance ``b`` is ``p[b, S_b, T_b]`` and its loss is the
+negation. ``boundary`` rows are ``[0, 0, S_b, T_b]``; without it every row is ``[0, 0, S, T]``.
 
-    p[b, 0, 0] = 0
-    p[b, s, t] = logaddexp(p[b, s - 1, t] + px[b, s - 1, t],
-                           p[b, s, t - 1] + py[b, s, t - 1])
+``rnnt_type`` is k2's choice of topology:
 
-``px[b, s, t]`` (shape ``(B, S, T + 1)``) is the log-prob of emitting ``symbols[b, s]`` on frame
-``t`` after the first ``s`` symbols, and ``py[b, s, t]`` (shape ``(B, S + 1, T)``) that of
-emitting the termination symbol there, which moves to frame ``t + 1``. ``px[b, :, T_b]`` is
-``-inf``: no symbol can follow the last frame. The log-likelihood of utterance ``b`` is
-``p[b, S_b, T_b]`` and its loss is the negation. ``boundary`` rows are
-``[s_begin, t_begin, S_b, T_b]`` (``[0, 0, S_b, T_b]`` for RNN-T); without it every row is
-``[0, 0, S, T]``.
+- ``"regular"``: any number of symbols on one frame; only the termination symbol moves to the
+  next frame. ``px`` is ``(B, S, T + 1)`` with ``px[b, :, T_b] = -inf`` (no symbol after the
+  last frame).
+- ``"modified"``: every symbol also moves to the next frame (one symbol per frame at most, so
+  ``T_b >= S_b``). ``px`` is ``(B, S, T)``.
+- ``"constrained"``: the modified topology, where emitting a symbol is also charged the
+  termination symbol's log-prob in the *next* context on the *same* frame:
+  ``px[b, s, t] += py[b, s + 1, t]``.
 
-The recursion runs over anti-diagonals ``s + t = d`` (all cells of a diagonal and the whole
-batch in one step) inside a custom autograd function whose backward pass runs the matching
-beta recursion, so gradients are exact and memory is ``O(B * S * (S + T))`` rather than an
-autograd graph per diagonal.
+``delay_penalty`` (k2's, for training with time masking) adds ``delay_penalty * ((T_b - 1) / 2
+- t)`` to every ``px[b, s, t]``: emitting a symbol early is rewarded, late is penalised, and the
+reward sums to zero over an utterance's frames. ``use_hat_loss`` (pruned loss only) models
+the blank as a Bernoulli variable, ``log sigmoid(logit_blank)``, and the other symbols by a
+softmax over the non-blank logits scaled by ``1 - sigmoid(logit_blank)`` (the Hybrid
+Autoregressive Transducer, arXiv 2003.07705); as in k2, the blank must be symbol 0.
 
 Backend: set ``ICEFALL_RNNT_BACKEND`` to ``torch``, ``k2`` or ``auto`` (the default: ``k2``
 when it can be imported, else ``torch``); see :func:`rnnt_backend`.
 
 Devices: every argument is checked, and values that must be read on the host (the boundary
-rows, which the recursions use to place their start and end cells) are read from a CPU copy.
-``boundary`` may therefore be given on the CPU with the other tensors on a GPU: it is then
-copied to the GPU without waiting for it, and the losses never stall the device. A boundary
-given on the GPU costs one device synchronisation per recursion. Checking the values of
-``symbols`` and ``ranges`` on a GPU also synchronises; a caller that builds them itself (the
-transducer model does) can skip those checks with :func:`trusted_inputs`.
+rows, which the recursions use to place their start and end cells, and from which the
+smallest workable prune range is found) are read from a CPU copy. ``boundary`` may therefore
+be given on the CPU with the other tensors on a GPU: it is then copied to the GPU without
+waiting for it, and the losses never stall the device. A boundary given on the GPU costs one
+device synchronisation per recursion. Checking the values of ``symbols`` and ``ranges`` on a
+GPU also synchronises; a caller that builds them itself (the transducer model does) can skip
+those checks with :func:`trusted_inputs`.
 """
 
 from __future__ import annotations
@@ -56,8 +61,19 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from icefall.mutual_information import (
+    NEG_INF,
+    check_boundary,
+    check_float,
+    host_copy,
+    mutual_information_recursion,
+    to_device,
+)
+
 __all__ = [
+    "RNNT_TYPES",
     "do_rnnt_pruning",
+    "get_hat_logprobs_pruned",
     "get_rnnt_logprobs",
     "get_rnnt_logprobs_joint",
     "get_rnnt_logprobs_pruned",
@@ -72,8 +88,8 @@ __all__ = [
 ]
 
 BACKEND_ENV = "ICEFALL_RNNT_BACKEND"
+RNNT_TYPES = ("regular", "modified", "constrained")
 _REDUCTIONS = ("none", "sum", "mean")
-_NEG_INF = float("-inf")
 
 
 # --------------------------------------------------------------------------- backend choice
@@ -118,7 +134,7 @@ def _k2() -> ModuleType | None:
 
 def _for_k2(boundary: Tensor | None, like: Tensor) -> Tensor | None:
     """A checked boundary as k2 takes it: int64 on the device of ``like``."""
-    return None if boundary is None else _to_device(boundary.to(torch.int64), like.device)
+    return None if boundary is None else to_device(boundary.to(torch.int64), like.device)
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -146,28 +162,17 @@ def _check_values() -> bool:
     return not getattr(_TRUST, "on", False)
 
 
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    """``t`` on ``device``; from the CPU the copy does not wait for the device."""
-    return t.to(device, non_blocking=True)
-
-
-def _host(boundary: Tensor) -> Tensor:
-    """A CPU copy of (small) ``boundary``; free when it is already on the CPU."""
-    return boundary if boundary.device.type == "cpu" else boundary.cpu()
-
-
 def _check_reduction(reduction: str | None) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _check_float(name: str, x: Tensor, ndim: int) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{name} must be float32 or float64 (cast with .float()), got {x.dtype}")
+def _check_options(rnnt_type: str, delay_penalty: float = 0.0) -> None:
+    if rnnt_type not in RNNT_TYPES:
+        raise ValueError(f"rnnt_type must be one of {RNNT_TYPES}, got {rnnt_type!r}")
+    if isinstance(delay_penalty, bool) or not isinstance(delay_penalty, (int, float)) \
+            or delay_penalty != delay_penalty:
+        raise ValueError(f"delay_penalty must be a number, got {delay_penalty!r}")
 
 
 def _check_symbols(symbols: Tensor, B: int, S: int, C: int, termination_symbol: int) -> None:
@@ -181,22 +186,15 @@ def _check_symbols(symbols: Tensor, B: int, S: int, C: int, termination_symbol: 
         raise ValueError(f"symbols must be in [0, {C}) (C = vocabulary size)")
 
 
-def _check_boundary(boundary: Tensor | None, B: int, S: int, T: int) -> Tensor | None:
-    """Validates ``boundary`` (B, 4) rows ``[s_begin, t_begin, s_end, t_end]`` on a CPU copy;
-    returns it as int64 on the device it was given on."""
-    if boundary is None:
-        return None
-    if not isinstance(boundary, Tensor) or boundary.is_floating_point() or boundary.is_complex():
-        raise ValueError("boundary must be an integer tensor of shape (B, 4)")
-    if tuple(boundary.shape) != (B, 4):
-        raise ValueError(f"boundary must have shape (B, 4) = {(B, 4)}, got {tuple(boundary.shape)}")
-    boundary = boundary.to(torch.int64)
-    s_begin, t_begin, s_end, t_end = _host(boundary).unbind(1)
-    if bool((s_begin < 0).any() | (s_begin > s_end).any() | (s_end > S).any()):
-        raise ValueError(f"boundary rows need 0 <= s_begin <= s_end <= S = {S}")
-    if bool((t_begin < 0).any() | (t_begin > t_end).any() | (t_end > T).any()):
-        raise ValueError(f"boundary rows need 0 <= t_begin <= t_end <= T = {T}")
-    return boundary
+def _check_lengths(boundary: Tensor | None, B: int, S: int, T: int, rnnt_type: str
+                   ) -> Tensor | None:
+    """check_boundary for ``rnnt_type``: the modified topologies need T_b >= S_b (k2's
+    _validate_st_lengths, here a ValueError)."""
+    modified = rnnt_type != "regular"
+    if boundary is None and modified and T < S:
+        raise ValueError(f"the {rnnt_type} transducer emits one symbol per frame at most: it "
+                         f"needs T >= S, got T={T} and S={S}")
+    return check_boundary(boundary, B, S, T, modified)
 
 
 def _check_ranges(ranges: Tensor, B: int, T: int, S: int, s_range: int | None = None) -> None:
@@ -218,226 +216,6 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     return loss.sum() if reduction == "sum" else loss.mean()
 
 
-# --------------------------------------------------------------------------- lattice layout
-#
-# The recursions walk anti-diagonals d = s + t. A cell (s, t) of a (B, R, L) lattice tensor
-# lives at [b, s + t, s] of a "skewed" (B, R + L - 1, R) tensor, so one diagonal is one
-# contiguous row per utterance. A skewed tensor with strides (sb, sd, 1) read through the
-# strides (sb, sd + 1, sd) is the lattice again, which is how values move in and out of it
-# with a single strided copy.
-
-
-def _lattice_view(skewed: Tensor, R: int, L: int, offset: int = 0) -> Tensor:
-    """(B, R, L) view of a skewed tensor: ``view[b, s, t] = flat_b[offset + (s + t) * sd + s]``.
-
-    ``skewed`` may be any tensor whose last two logical axes are (diagonal, position) with
-    the position axis of stride 1; ``offset`` selects a sub-row (in elements).
-    """
-    sb, sd = skewed.stride(0), skewed.stride(1)
-    return skewed.as_strided((skewed.shape[0], R, L), (sb, sd + 1, sd),
-                             skewed.storage_offset() + offset)
-
-
-def _skewed_steps(px: Tensor, py: Tensor, for_beta: bool) -> Tensor:
-    """Packs px, py by diagonal for the recursions.
-
-    Args:
-      px: (B, S, T + 1); py: (B, S + 1, T).
-      for_beta: layout for :func:`_beta` instead of :func:`_alpha`.
-    Returns:
-      (B, D, 2, S + 1) with ``D = S + T``, ``-inf`` off the lattice. Alpha layout:
-      ``[:, d, 0, s] = px[s - 1, d - s + 1]`` (the move into s along the symbol axis) and
-      ``[:, d, 1, s] = py[s, d - s]``. Beta layout: ``[:, d, 0, s] = py[s, d - s]`` and
-      ``[:, d, 1, s] = px[s, d - s]`` (the moves out of cell (s, d - s)).
-    """
-    B, S, T1 = px.shape
-    steps = px.new_full((B, S + T1 - 1, 2, S + 1), _NEG_INF)
-    W = S + 1  # elements per (diagonal, row)
-    px_offset = 1 if not for_beta else W  # alpha: row 0 shifted by one position
-    py_offset = W if not for_beta else 0
-    # Strides are in elements of `steps`; one diagonal spans 2 * W of them.
-    flat = steps.view(B, S + T1 - 1, 2 * W)
-    _lattice_view(flat, S, T1, px_offset).copy_(px)
-    _lattice_view(flat, S + 1, T1 - 1, py_offset).copy_(py)
-    return steps
-
-
-def _diagonal_masks(rows: Tensor, cols: Tensor, D1: int, S1: int) -> Tensor:
-    """(B, D1, S1) bool: True at the skewed cell of ``(rows[b], cols[b])``."""
-    B = rows.shape[0]
-    mask = torch.zeros(B, D1, S1, dtype=torch.bool, device=rows.device)
-    mask[torch.arange(B, device=rows.device), rows + cols, rows] = True
-    return mask
-
-
-def _pair_windows(lattice: Tensor) -> Tensor:
-    """(B, D + 1, S + 2) -> (B, D + 1, 2, S + 1) view of overlapping column windows.
-
-    ``out[b, d, k, s] = lattice[b, d, s + k]``: row 0 starts at column 0, row 1 at column 1.
-    """
-    B, D1, W = lattice.shape
-    sb, sd, _ = lattice.stride()
-    return lattice.as_strided((B, D1, 2, W - 1), (sb, sd, 1, 1))
-
-
-def _alpha(steps: Tensor, start: Tensor, last_start: int) -> Tensor:
-    """Forward (alpha) recursion, one anti-diagonal per step.
-
-    Args:
-      steps: (B, D, 2, S + 1) from ``_skewed_steps(px, py, for_beta=False)``.
-      start: (B, 2) int64 ``[s_begin, t_begin]``.
-      last_start: ``max(s_begin + t_begin)`` over the batch (read on the host).
-    Returns:
-      (B, D + 1, S + 2) ``alpha[b, s + t, s + 1] = p[b, s, t]``; column 0 and cells off the
-      lattice hold ``-inf``.
-    """
-    B, D, _, S1 = steps.shape
-    alpha = steps.new_full((B, D + 1, S1 + 1), _NEG_INF)
-    windows = _pair_windows(alpha)  # windows[:, d, 0, s] = p[s - 1], windows[:, d, 1, s] = p[s]
-    start_mask = _diagonal_masks(start[:, 0], start[:, 1], D + 1, S1)
-    alpha[:, 0, 1:].masked_fill_(start_mask[:, 0], 0.0)
-    for d in range(1, D + 1):
-        both = windows[:, d - 1] + steps[:, d - 1]  # (B, 2, S + 1)
-        torch.logaddexp(both[:, 0], both[:, 1], out=alpha[:, d, 1:])
-        if d <= last_start:
-            alpha[:, d, 1:].masked_fill_(start_mask[:, d], 0.0)
-    return alpha
-
-
-def _beta(steps: Tensor, end: Tensor, end_diagonals: frozenset[int]) -> Tensor:
-    """Backward (beta) recursion: log-sum of path scores from each cell to the end cell.
-
-    Args:
-      steps: (B, D, 2, S + 1) from ``_skewed_steps(px, py, for_beta=True)``.
-      end: (B, 2) int64 ``[s_end, t_end]``.
-      end_diagonals: the values of ``s_end + t_end`` in the batch (read on the host).
-    Returns:
-      (B, D + 1, S + 2) ``beta[b, s + t, s]`` for cell (s, t); the last column and cells that
-      cannot reach the end cell hold ``-inf``.
-    """
-    B, D, _, S1 = steps.shape
-    beta = steps.new_full((B, D + 1, S1 + 1), _NEG_INF)
-    windows = _pair_windows(beta)  # windows[:, d, 0, s] = beta[s], windows[:, d, 1, s] = beta[s+1]
-    end_mask = _diagonal_masks(end[:, 0], end[:, 1], D + 1, S1)
-    for d in range(D, -1, -1):
-        if d < D:
-            both = windows[:, d + 1] + steps[:, d]  # (B, 2, S + 1)
-            torch.logaddexp(both[:, 0], both[:, 1], out=beta[:, d, :-1])
-        if d in end_diagonals:
-            beta[:, d, :-1].masked_fill_(end_mask[:, d], 0.0)
-    return beta
-
-
-def _occupation(px: Tensor, py: Tensor, steps: Tensor, alpha: Tensor, total: Tensor,
-                end: Tensor, end_diagonals: frozenset[int]) -> tuple[Tensor, Tensor]:
-    """d total / d px and d total / d py (occupation probabilities) from alpha and beta.
-
-    Args:
-      px (B, S, T + 1), py (B, S + 1, T): the recursion inputs; steps, alpha: from
-      :func:`_alpha`; total: (B,) log-likelihoods; end: (B, 2) ``[s_end, t_end]``;
-      end_diagonals: as :func:`_beta` takes them.
-    Returns:
-      px_grad (B, S, T + 1) and py_grad (B, S + 1, T); zero for utterances whose total is
-      ``-inf`` (no complete path).
-    """
-    _, S, T1 = px.shape
-    beta = _beta(_skewed_steps(px, py, for_beta=True), end, end_diagonals)
-    norm = total.reshape(-1, 1, 1)  # (B, 1, 1)
-    dead = torch.isneginf(norm)
-    grads = []
-    # px out of (s, t): alpha at s, the step stored at position s + 1 of row 0, beta at s + 1.
-    # py out of (s, t): alpha at s, the step at position s of row 1, beta at s (next diagonal).
-    # alpha column j holds s = j - 1; beta column j holds s = j.
-    for row, alpha_cols, beta_cols in ((0, slice(1, -1), slice(1, -1)),
-                                       (1, slice(1, None), slice(None, -1))):
-        g = alpha[:, :-1, alpha_cols] + steps[:, :, row, 1 - row:]  # (B, D, S or S + 1)
-        g += beta[:, 1:, beta_cols]
-        g -= norm
-        grads.append(g.exp_().masked_fill_(dead, 0.0))
-    px_grad = _lattice_view(grads[0], S, T1).contiguous()  # (B, S, T + 1)
-    py_grad = _lattice_view(grads[1], S + 1, T1 - 1).contiguous()  # (B, S + 1, T)
-    return px_grad, py_grad
-
-
-class _MutualInformation(torch.autograd.Function):
-    """Scores of the lattice recursion; backward runs the beta recursion."""
-
-    @staticmethod
-    def forward(ctx, px: Tensor, py: Tensor, boundary: Tensor, return_grad: bool,
-                diagonals: tuple[int, frozenset[int]]):
-        """boundary: (B, 4) on px's device; diagonals: (last start, end diagonals)."""
-        last_start, end_diagonals = diagonals
-        steps = _skewed_steps(px, py, for_beta=False)  # (B, S + T, 2, S + 1)
-        alpha = _alpha(steps, boundary[:, :2], last_start)
-        B = px.shape[0]
-        s_end, t_end = boundary[:, 2], boundary[:, 3]
-        total = alpha[torch.arange(B, device=px.device), s_end + t_end, s_end + 1]  # (B,)
-        ctx.have_grads = bool(return_grad)
-        ctx.end_diagonals = end_diagonals
-        if return_grad:
-            px_grad, py_grad = _occupation(px, py, steps, alpha, total, boundary[:, 2:],
-                                           end_diagonals)
-            ctx.save_for_backward(px_grad, py_grad)
-        else:
-            px_grad, py_grad = px.new_empty(0), py.new_empty(0)
-            ctx.save_for_backward(px, py, steps, alpha, total, boundary)
-        ctx.mark_non_differentiable(px_grad, py_grad)
-        return total, px_grad, py_grad
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, total_grad: Tensor, _unused_x: Tensor, _unused_y: Tensor):
-        if ctx.have_grads:
-            px_grad, py_grad = ctx.saved_tensors
-        else:
-            px, py, steps, alpha, total, boundary = ctx.saved_tensors
-            px_grad, py_grad = _occupation(px, py, steps, alpha, total, boundary[:, 2:],
-                                           ctx.end_diagonals)
-        scale = total_grad.reshape(-1, 1, 1)  # (B, 1, 1)
-        return px_grad * scale, py_grad * scale, None, None, None
-
-
-def _start_and_end_diagonals(host_boundary: Tensor) -> tuple[int, frozenset[int]]:
-    """(max of s_begin + t_begin, set of s_end + t_end) of a CPU (B, 4) boundary."""
-    if host_boundary.shape[0] == 0:
-        return 0, frozenset()
-    diagonal = host_boundary[:, 0::2] + host_boundary[:, 1::2]  # (B, 2): start, end
-    return int(diagonal[:, 0].max()), frozenset(diagonal[:, 1].tolist())
-
-
-def mutual_information_recursion(
-    px: Tensor, py: Tensor, boundary: Tensor | None = None, return_grad: bool = False
-) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Log-sum over all monotonic lattice paths (the recursion in the module docstring).
-
-    Args:
-      px: (B, S, T + 1) log-probs of moving one step along s.
-      py: (B, S + 1, T) log-probs of moving one step along t.
-      boundary: optional (B, 4) int64 rows ``[s_begin, t_begin, s_end, t_end]``; the
-        recursion starts at ``p[b, s_begin, t_begin] = 0`` and the score is ``p[b, s_end, t_end]``.
-      return_grad: also return the occupation probabilities, i.e. the gradients of
-        ``scores.sum()`` with respect to ``px`` and ``py``.
-    Returns:
-      scores (B,), or ``(scores, (px_grad (B, S, T + 1), py_grad (B, S + 1, T)))``.
-    """
-    _check_float("px", px, 3)
-    _check_float("py", py, 3)
-    B, S, T1 = px.shape
-    if tuple(py.shape) != (B, S + 1, T1 - 1) or T1 < 1:
-        raise ValueError(f"px (B, S, T+1) and py (B, S+1, T) disagree: {tuple(px.shape)}, "
-                         f"{tuple(py.shape)}")
-    if py.dtype != px.dtype:
-        raise ValueError(f"px and py must have one dtype, got {px.dtype} and {py.dtype}")
-    boundary = _check_boundary(boundary, B, S, T1 - 1)
-    if boundary is None:
-        boundary = torch.tensor([[0, 0, S, T1 - 1]], dtype=torch.int64).expand(B, 4)
-    diagonals = _start_and_end_diagonals(_host(boundary))
-    boundary = _to_device(boundary, px.device).contiguous()
-    scores, px_grad, py_grad = _MutualInformation.apply(px, py, boundary, bool(return_grad),
-                                                        diagonals)
-    return (scores, (px_grad, py_grad)) if return_grad else scores
-
-
 # --------------------------------------------------------------------------- log-prob builders
 
 
@@ -447,20 +225,37 @@ def _fix_for_boundary(px: Tensor, boundary: Tensor | None) -> Tensor:
         return px
     B, _, T1 = px.shape
     frames = torch.arange(T1, device=px.device).reshape(1, 1, T1)
-    after_last = frames == _to_device(boundary[:, 3], px.device).reshape(B, 1, 1)  # (B, 1, T+1)
-    return px.masked_fill(after_last, _NEG_INF)
+    after_last = frames == to_device(boundary[:, 3], px.device).reshape(B, 1, 1)  # (B, 1, T+1)
+    return px.masked_fill(after_last, NEG_INF)
 
 
-def _append_no_symbol_frame(px: Tensor) -> Tensor:
-    """(B, S, T) -> (B, S, T + 1) with ``-inf`` on the one-past-the-last frame."""
-    return torch.cat([px, px.new_full((px.shape[0], px.shape[1], 1), _NEG_INF)], dim=2)
+def _finish(px: Tensor, py: Tensor, rnnt_type: str, boundary: Tensor | None
+            ) -> tuple[Tensor, Tensor]:
+    """Shapes per-frame log-probs for ``rnnt_type``.
+
+    Args:
+      px: (B, S, T) log-probs of each symbol on each frame; py: (B, S + 1, T).
+    Returns:
+      (px, py): regular px gets the one-past-the-last frame, ``-inf`` there and from
+      ``T_b`` on, (B, S, T + 1); constrained px is charged ``py[:, 1:]``; modified px is
+      unchanged (B, S, T).
+    """
+    py = py.contiguous()
+    if rnnt_type == "regular":
+        tail = px.new_full((px.shape[0], px.shape[1], 1), NEG_INF)
+        return _fix_for_boundary(torch.cat([px, tail], dim=2), boundary), py
+    if rnnt_type == "constrained":
+        px = px + py[:, 1:]
+    return px.contiguous(), py
 
 
 def _check_lm_am(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: int,
-                 boundary: Tensor | None) -> tuple[int, int, int, int, Tensor | None]:
+                 boundary: Tensor | None, rnnt_type: str
+                 ) -> tuple[int, int, int, int, Tensor | None]:
     """Validates the simple-loss inputs; returns (B, T, S, C, boundary)."""
-    _check_float("lm", lm, 3)
-    _check_float("am", am, 3)
+    _check_options(rnnt_type)
+    check_float("lm", lm, 3)
+    check_float("am", am, 3)
     B, T, C = am.shape
     if lm.shape[0] != B or lm.shape[2] != C or lm.shape[1] < 1:
         raise ValueError(f"lm must have shape (B, S+1, C) with B={B}, C={C}; am is (B, T, C) = "
@@ -469,7 +264,7 @@ def _check_lm_am(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: in
         raise ValueError(f"lm and am must have one dtype, got {lm.dtype} and {am.dtype}")
     S = lm.shape[1] - 1
     _check_symbols(symbols, B, S, C, termination_symbol)
-    return B, T, S, C, _check_boundary(boundary, B, S, T)
+    return B, T, S, C, _check_lengths(boundary, B, S, T, rnnt_type)
 
 
 def _simple_terms(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: int
@@ -502,7 +297,8 @@ def _simple_terms(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: i
 
 
 def get_rnnt_logprobs(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: int,
-                      boundary: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                      rnnt_type: str = "regular", boundary: Tensor | None = None
+                      ) -> tuple[Tensor, Tensor]:
     """px, py of the simple loss, whose joiner is ``lm[b, s] + am[b, t]`` then log-softmax.
 
     Args:
@@ -510,21 +306,25 @@ def get_rnnt_logprobs(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbo
       am: (B, T, C) unnormalised encoder scores.
       symbols: (B, S) int64 labels in ``[0, C)``.
       termination_symbol: the blank id.
+      rnnt_type: ``"regular"``, ``"modified"`` or ``"constrained"`` (module docstring).
       boundary: optional (B, 4) rows ``[0, 0, S_b, T_b]``.
     Returns:
-      px (B, S, T + 1) and py (B, S + 1, T), as taken by :func:`mutual_information_recursion`.
+      px (B, S, T + 1) (regular) or (B, S, T), and py (B, S + 1, T), as taken by
+      :func:`mutual_information_recursion`.
     """
-    _, T, S, _, boundary = _check_lm_am(lm, am, symbols, termination_symbol, boundary)
+    _, T, S, _, boundary = _check_lm_am(lm, am, symbols, termination_symbol, boundary,
+                                        rnnt_type)
     parts = _simple_terms(lm, am, symbols, termination_symbol)
     norm = parts["normalizers"]
     px = parts["px_am"] + parts["px_lm"] - norm[:, :S]  # (B, S, T)
     py = parts["py_am"] + parts["py_lm"] - norm  # (B, S + 1, T)
-    return _fix_for_boundary(_append_no_symbol_frame(px), boundary), py.contiguous()
+    return _finish(px, py, rnnt_type, boundary)
 
 
 def get_rnnt_logprobs_smoothed(
     lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: int,
     lm_only_scale: float = 0.1, am_only_scale: float = 0.1, boundary: Tensor | None = None,
+    rnnt_type: str = "regular",
 ) -> tuple[Tensor, Tensor]:
     """px, py of the smoothed simple loss (k2's interpolation of three log-prob sources).
 
@@ -532,13 +332,15 @@ def get_rnnt_logprobs_smoothed(
     + am_only_scale * am_only`` where ``combined = log_softmax(lm + am)``,
     ``lm_only = log_softmax(lm)`` and ``am_only = log_softmax(am + log unigram)``; the unigram
     is ``softmax(lm)`` averaged over all B * (S + 1) positions, padding included (as in k2),
-    so it depends on the whole batch.
+    so it depends on the whole batch. The constrained topology's extra blank term is taken
+    from the interpolated py.
 
     Args: as :func:`get_rnnt_logprobs`, plus the two scales (floats).
     Returns:
-      px (B, S, T + 1) and py (B, S + 1, T).
+      px (B, S, T + 1) (regular) or (B, S, T), and py (B, S + 1, T).
     """
-    B, T, S, C, boundary = _check_lm_am(lm, am, symbols, termination_symbol, boundary)
+    B, T, S, C, boundary = _check_lm_am(lm, am, symbols, termination_symbol, boundary,
+                                        rnnt_type)
     parts = _simple_terms(lm, am, symbols, termination_symbol)
     lm_probs, tiny = parts["lm_probs"], torch.finfo(lm.dtype).tiny
     lm_sums = lm_probs.sum(dim=2, keepdim=True)  # (B, S + 1, 1)
@@ -559,33 +361,35 @@ def get_rnnt_logprobs_smoothed(
     w = 1.0 - lm_only_scale - am_only_scale
     px = w * px + lm_only_scale * px_lm_only + am_only_scale * px_am_only  # (B, S, T)
     py = w * py + lm_only_scale * py_lm_only + am_only_scale * py_am_only  # (B, S + 1, T)
-    return _fix_for_boundary(_append_no_symbol_frame(px), boundary), py.contiguous()
+    return _finish(px, py, rnnt_type, boundary)
 
 
 def _check_logits(logits: Tensor, symbols: Tensor, termination_symbol: int,
-                  boundary: Tensor | None, S: int) -> Tensor | None:
+                  boundary: Tensor | None, S: int, rnnt_type: str) -> Tensor | None:
     """Validates (B, T, *, C) logits against (B, S) symbols; returns the checked boundary."""
-    _check_float("logits", logits, 4)
+    _check_options(rnnt_type)
+    check_float("logits", logits, 4)
     B, T, _, C = logits.shape
     _check_symbols(symbols, B, S, C, termination_symbol)
-    return _check_boundary(boundary, B, S, T)
+    return _check_lengths(boundary, B, S, T, rnnt_type)
 
 
 def _check_joint(logits: Tensor, symbols: Tensor, termination_symbol: int,
-                 boundary: Tensor | None) -> Tensor | None:
+                 boundary: Tensor | None, rnnt_type: str) -> Tensor | None:
     """Validates full-loss arguments; logits (B, T, S + 1, C). Returns the checked boundary."""
     if not isinstance(logits, Tensor) or logits.ndim != 4:
         raise ValueError("logits must be a 4-D tensor (B, T, S+1, C)")
-    return _check_logits(logits, symbols, termination_symbol, boundary, logits.shape[2] - 1)
+    return _check_logits(logits, symbols, termination_symbol, boundary, logits.shape[2] - 1,
+                         rnnt_type)
 
 
 def _check_pruned(logits: Tensor, symbols: Tensor, ranges: Tensor, termination_symbol: int,
-                  boundary: Tensor | None) -> Tensor | None:
+                  boundary: Tensor | None, rnnt_type: str) -> Tensor | None:
     """Validates pruned-loss arguments; logits (B, T, R, C). Returns the checked boundary."""
     if not isinstance(logits, Tensor) or logits.ndim != 4:
         raise ValueError("logits must be a 4-D tensor (B, T, s_range, C)")
     S = symbols.shape[1] if isinstance(symbols, Tensor) and symbols.ndim == 2 else -1
-    boundary = _check_logits(logits, symbols, termination_symbol, boundary, S)
+    boundary = _check_logits(logits, symbols, termination_symbol, boundary, S, rnnt_type)
     _check_ranges(ranges, logits.shape[0], logits.shape[1], S, logits.shape[2])
     return boundary
 
@@ -625,30 +429,70 @@ def _pick_symbol_and_blank(logits: Tensor, symbols: Tensor, termination_symbol: 
     return picked[..., 0], picked[..., 1]
 
 
+def _hat_pick_symbol_and_blank(logits: Tensor, symbols: Tensor) -> tuple[Tensor, Tensor]:
+    """HAT log-probs of ``logits`` (B, T, K, C) at ``symbols`` (B, T, K) and at blank 0.
+
+    The blank is Bernoulli, ``log sigmoid(l_0)``; symbol c > 0 is
+    ``log(1 - sigmoid(l_0)) + log_softmax(l_1..l_{C-1})[c]``.
+
+    Returns:
+      Two (B, T, K) tensors: the symbol log-probs and the blank log-probs.
+    """
+    blank_logit = logits[..., 0]  # (B, T, K)
+    blank = torch.nn.functional.logsigmoid(blank_logit)
+    not_blank = blank - blank_logit  # log(1 - sigmoid(l_0))
+    non_blank_norm = torch.logsumexp(logits[..., 1:], dim=3)  # (B, T, K)
+    picked = torch.gather(logits, 3, symbols.unsqueeze(3)).squeeze(3)  # (B, T, K)
+    return picked - non_blank_norm + not_blank, blank
+
+
 def get_rnnt_logprobs_joint(logits: Tensor, symbols: Tensor, termination_symbol: int,
-                            boundary: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                            rnnt_type: str = "regular", boundary: Tensor | None = None
+                            ) -> tuple[Tensor, Tensor]:
     """px, py of the full loss from joiner output.
 
     Args:
       logits: (B, T, S + 1, C) joiner output (unnormalised).
-      symbols: (B, S) int64; termination_symbol: blank id; boundary: optional (B, 4).
+      symbols: (B, S) int64; termination_symbol: blank id.
+      rnnt_type: ``"regular"``, ``"modified"`` or ``"constrained"``; boundary: optional (B, 4).
     Returns:
-      px (B, S, T + 1) and py (B, S + 1, T).
+      px (B, S, T + 1) (regular) or (B, S, T), and py (B, S + 1, T).
     """
-    boundary = _check_joint(logits, symbols, termination_symbol, boundary)
+    boundary = _check_joint(logits, symbols, termination_symbol, boundary, rnnt_type)
     B, T, S1, _ = logits.shape
     S = S1 - 1
     # Position S has no symbol to emit: it picks the blank there and that column is dropped.
     blank = symbols.new_full((B, 1), termination_symbol)
     per_cell = torch.cat([symbols, blank], dim=1).unsqueeze(1).expand(B, T, S + 1)
     px, py = _pick_symbol_and_blank(logits, per_cell, termination_symbol)  # (B, T, S + 1)
-    px = _append_no_symbol_frame(px[:, :, :S].transpose(1, 2))  # (B, S, T + 1)
-    return _fix_for_boundary(px, boundary), py.transpose(1, 2).contiguous()
+    return _finish(px[:, :, :S].transpose(1, 2), py.transpose(1, 2), rnnt_type, boundary)
+
+
+def _scatter_pruned(px_kept: Tensor, py_kept: Tensor, ranges: Tensor, S: int
+                    ) -> tuple[Tensor, Tensor]:
+    """Kept cells' log-probs (B, T, R) onto the lattice, ``-inf`` elsewhere.
+
+    Returns:
+      px (B, S, T) and py (B, S + 1, T).
+    """
+    B, T, _ = px_kept.shape
+    lattice = px_kept.new_full((B, T, S + 1), NEG_INF)
+    px = lattice.scatter(2, ranges, px_kept)[:, :, :S]  # (B, T, S); position S has no symbol
+    py = lattice.scatter(2, ranges, py_kept)  # (B, T, S + 1)
+    return px.transpose(1, 2), py.transpose(1, 2)
+
+
+def _kept_symbols(symbols: Tensor, ranges: Tensor, termination_symbol: int) -> Tensor:
+    """(B, T, R) symbol to emit at each kept cell (the blank at position S)."""
+    B, T, R = ranges.shape
+    blank = symbols.new_full((B, 1), termination_symbol)
+    with_blank = torch.cat([symbols, blank], dim=1)  # (B, S + 1)
+    return torch.gather(with_blank, 1, ranges.reshape(B, T * R)).reshape(B, T, R)
 
 
 def get_rnnt_logprobs_pruned(logits: Tensor, symbols: Tensor, ranges: Tensor,
-                             termination_symbol: int, boundary: Tensor | None = None
-                             ) -> tuple[Tensor, Tensor]:
+                             termination_symbol: int, boundary: Tensor | None = None,
+                             rnnt_type: str = "regular") -> tuple[Tensor, Tensor]:
     """px, py of the pruned loss: cells outside ``ranges`` get ``-inf``.
 
     Args:
@@ -656,29 +500,59 @@ def get_rnnt_logprobs_pruned(logits: Tensor, symbols: Tensor, ranges: Tensor,
         symbol position ``ranges[b, t, k]``.
       symbols: (B, S) int64; ranges: (B, T, R) int64 positions in ``[0, S]``.
       termination_symbol: blank id; boundary: optional (B, 4).
+      rnnt_type: ``"regular"``, ``"modified"`` or ``"constrained"``.
     Returns:
-      px (B, S, T + 1) and py (B, S + 1, T).
+      px (B, S, T + 1) (regular) or (B, S, T), and py (B, S + 1, T).
     """
-    boundary = _check_pruned(logits, symbols, ranges, termination_symbol, boundary)
-    B, T, R, _ = logits.shape
-    S = symbols.shape[1]
-    blank = symbols.new_full((B, 1), termination_symbol)
-    with_blank = torch.cat([symbols, blank], dim=1)  # (B, S + 1)
-    kept = torch.gather(with_blank, 1, ranges.reshape(B, T * R)).reshape(B, T, R)
+    boundary = _check_pruned(logits, symbols, ranges, termination_symbol, boundary, rnnt_type)
+    kept = _kept_symbols(symbols, ranges, termination_symbol)
     px_kept, py_kept = _pick_symbol_and_blank(logits, kept, termination_symbol)  # (B, T, R)
-    lattice = logits.new_full((B, T, S + 1), _NEG_INF)
-    px = lattice.scatter(2, ranges, px_kept)[:, :, :S]  # (B, T, S); position S has no symbol
-    py = lattice.scatter(2, ranges, py_kept)  # (B, T, S + 1)
-    px = _append_no_symbol_frame(px.transpose(1, 2))  # (B, S, T + 1)
-    return _fix_for_boundary(px, boundary), py.transpose(1, 2).contiguous()
+    px, py = _scatter_pruned(px_kept, py_kept, ranges, symbols.shape[1])
+    return _finish(px, py, rnnt_type, boundary)
+
+
+def get_hat_logprobs_pruned(logits: Tensor, symbols: Tensor, ranges: Tensor,
+                            termination_symbol: int, boundary: Tensor | None = None,
+                            rnnt_type: str = "regular") -> tuple[Tensor, Tensor]:
+    """px, py of the pruned HAT loss (see the module docstring); as k2, blank must be 0.
+
+    Args: as :func:`get_rnnt_logprobs_pruned`.
+    Returns:
+      px (B, S, T + 1) (regular) or (B, S, T), and py (B, S + 1, T).
+    """
+    boundary = _check_pruned(logits, symbols, ranges, termination_symbol, boundary, rnnt_type)
+    if termination_symbol != 0:
+        raise ValueError(f"the HAT loss needs the blank (termination symbol) to be 0, got "
+                         f"{termination_symbol}")
+    px_kept, py_kept = _hat_pick_symbol_and_blank(logits, _kept_symbols(symbols, ranges, 0))
+    px, py = _scatter_pruned(px_kept, py_kept, ranges, symbols.shape[1])
+    return _finish(px, py, rnnt_type, boundary)
 
 
 # --------------------------------------------------------------------------- losses
 
 
-def _loss_from_logprobs(px: Tensor, py: Tensor, boundary: Tensor | None, reduction: str,
-                        return_grad: bool = False):
+def _delay_penalty(px: Tensor, boundary: Tensor | None, rnnt_type: str,
+                   delay_penalty: float) -> Tensor:
+    """``px + delay_penalty * ((T_b - 1) / 2 - t)`` (k2's), or px when the penalty is not
+    positive. px: (B, S, T + 1) or (B, S, T)."""
+    if delay_penalty <= 0.0:
+        return px
+    B, _, T0 = px.shape
+    T = T0 - 1 if rnnt_type == "regular" else T0
+    if boundary is None:
+        offset = torch.full((B,), (T - 1) / 2, dtype=px.dtype)
+    else:  # where the boundary is (the host in training): moved without waiting
+        offset = (boundary[:, 3] - 1).to(px.dtype) / 2
+    frames = torch.arange(T0, device=px.device, dtype=px.dtype)
+    penalty = to_device(offset, px.device).reshape(B, 1, 1) - frames.reshape(1, 1, T0)
+    return px + penalty * delay_penalty  # (B, S, T0)
+
+
+def _loss_from_logprobs(px: Tensor, py: Tensor, boundary: Tensor | None, rnnt_type: str,
+                        delay_penalty: float, reduction: str, return_grad: bool = False):
     """Negated recursion scores, reduced; with the occupation grads when asked."""
+    px = _delay_penalty(px, boundary, rnnt_type, delay_penalty)
     out = mutual_information_recursion(px.contiguous(), py, boundary, return_grad)
     scores, grads = out if return_grad else (out, None)
     loss = _reduce(-scores, reduction)
@@ -686,101 +560,125 @@ def _loss_from_logprobs(px: Tensor, py: Tensor, boundary: Tensor | None, reducti
 
 
 def rnnt_loss(logits: Tensor, symbols: Tensor, termination_symbol: int,
-              boundary: Tensor | None = None, reduction: str = "mean") -> Tensor:
+              boundary: Tensor | None = None, rnnt_type: str = "regular",
+              delay_penalty: float = 0.0, reduction: str = "mean") -> Tensor:
     """Full RNN-T loss on joiner output.
 
     Args:
       logits: (B, T, S + 1, C) joiner output (unnormalised).
       symbols: (B, S) int64 labels; termination_symbol: blank id.
       boundary: optional (B, 4) int64 rows ``[0, 0, S_b, T_b]``.
+      rnnt_type: ``"regular"``, ``"modified"`` or ``"constrained"`` (module docstring).
+      delay_penalty: k2's symbol-delay penalty (0 for none).
       reduction: ``"none"`` (B,), ``"sum"`` or ``"mean"`` (sum / B) scalar.
     Returns:
       The negated log-likelihood, reduced.
     """
     _check_reduction(reduction)
+    _check_options(rnnt_type, delay_penalty)
     k2 = _k2()
     if k2 is not None:
-        boundary = _for_k2(_check_joint(logits, symbols, termination_symbol, boundary), logits)
+        boundary = _for_k2(_check_joint(logits, symbols, termination_symbol, boundary,
+                                        rnnt_type), logits)
         return k2.rnnt_loss(logits=logits, symbols=symbols, termination_symbol=termination_symbol,
-                            boundary=boundary, reduction=reduction)
-    px, py = get_rnnt_logprobs_joint(logits, symbols, termination_symbol, boundary)
-    return _loss_from_logprobs(px, py, boundary, reduction)
+                            boundary=boundary, rnnt_type=rnnt_type,
+                            delay_penalty=delay_penalty, reduction=reduction)
+    px, py = get_rnnt_logprobs_joint(logits, symbols, termination_symbol, rnnt_type, boundary)
+    return _loss_from_logprobs(px, py, boundary, rnnt_type, delay_penalty, reduction)
 
 
 def rnnt_loss_simple(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: int,
-                     boundary: Tensor | None = None, reduction: str = "mean",
+                     boundary: Tensor | None = None, rnnt_type: str = "regular",
+                     delay_penalty: float = 0.0, reduction: str = "mean",
                      return_grad: bool = False):
     """RNN-T loss whose joiner is plain addition ``lm[b, s] + am[b, t]``.
 
     Args:
       lm: (B, S + 1, C); am: (B, T, C); symbols: (B, S) int64; termination_symbol: blank id.
-      boundary: optional (B, 4); reduction: ``"none"``, ``"sum"`` or ``"mean"``.
-      return_grad: also return ``(px_grad (B, S, T + 1), py_grad (B, S + 1, T))``, the
-        gradient of the summed log-likelihood w.r.t. px and py (occupation probabilities).
+      boundary: optional (B, 4); rnnt_type, delay_penalty: as :func:`rnnt_loss`.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"``.
+      return_grad: also return ``(px_grad, py_grad)`` (shaped as px and py), the gradient
+        of the summed log-likelihood w.r.t. px and py (occupation probabilities).
     Returns:
       loss, or ``(loss, (px_grad, py_grad))``.
     """
     _check_reduction(reduction)
+    _check_options(rnnt_type, delay_penalty)
     k2 = _k2()
     if k2 is not None:
-        boundary = _for_k2(_check_lm_am(lm, am, symbols, termination_symbol, boundary)[4], am)
+        checked = _check_lm_am(lm, am, symbols, termination_symbol, boundary, rnnt_type)[4]
         return k2.rnnt_loss_simple(lm=lm, am=am, symbols=symbols,
-                                   termination_symbol=termination_symbol, boundary=boundary,
-                                   reduction=reduction, return_grad=return_grad)
-    px, py = get_rnnt_logprobs(lm, am, symbols, termination_symbol, boundary)
-    return _loss_from_logprobs(px, py, boundary, reduction, return_grad)
+                                   termination_symbol=termination_symbol,
+                                   boundary=_for_k2(checked, am), rnnt_type=rnnt_type,
+                                   delay_penalty=delay_penalty, reduction=reduction,
+                                   return_grad=return_grad)
+    px, py = get_rnnt_logprobs(lm, am, symbols, termination_symbol, rnnt_type, boundary)
+    return _loss_from_logprobs(px, py, boundary, rnnt_type, delay_penalty, reduction,
+                               return_grad)
 
 
 def rnnt_loss_smoothed(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: int,
                        lm_only_scale: float = 0.1, am_only_scale: float = 0.1,
-                       boundary: Tensor | None = None, reduction: str = "mean",
+                       boundary: Tensor | None = None, rnnt_type: str = "regular",
+                       delay_penalty: float = 0.0, reduction: str = "mean",
                        return_grad: bool = False):
     """Simple loss with LM-only / AM-only smoothing (see :func:`get_rnnt_logprobs_smoothed`).
 
     Args:
       lm: (B, S + 1, C); am: (B, T, C); symbols: (B, S) int64; termination_symbol: blank id.
       lm_only_scale, am_only_scale: interpolation weights (icefall's ``lm_scale``, ``am_scale``).
-      boundary: optional (B, 4); reduction: ``"none"``, ``"sum"`` or ``"mean"``.
-      return_grad: also return ``(px_grad (B, S, T + 1), py_grad (B, S + 1, T))`` for
-        :func:`get_rnnt_prune_ranges`.
+      boundary: optional (B, 4); rnnt_type, delay_penalty: as :func:`rnnt_loss`.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"``.
+      return_grad: also return ``(px_grad, py_grad)`` for :func:`get_rnnt_prune_ranges`.
     Returns:
       loss, or ``(loss, (px_grad, py_grad))``.
     """
     _check_reduction(reduction)
+    _check_options(rnnt_type, delay_penalty)
     k2 = _k2()
     if k2 is not None:
-        boundary = _for_k2(_check_lm_am(lm, am, symbols, termination_symbol, boundary)[4], am)
+        checked = _check_lm_am(lm, am, symbols, termination_symbol, boundary, rnnt_type)[4]
         return k2.rnnt_loss_smoothed(
             lm=lm, am=am, symbols=symbols, termination_symbol=termination_symbol,
-            lm_only_scale=lm_only_scale, am_only_scale=am_only_scale, boundary=boundary,
+            lm_only_scale=lm_only_scale, am_only_scale=am_only_scale,
+            boundary=_for_k2(checked, am), rnnt_type=rnnt_type, delay_penalty=delay_penalty,
             reduction=reduction, return_grad=return_grad)
-    px, py = get_rnnt_logprobs_smoothed(lm, am, symbols, termination_symbol,
-                                        lm_only_scale, am_only_scale, boundary)
-    return _loss_from_logprobs(px, py, boundary, reduction, return_grad)
+    px, py = get_rnnt_logprobs_smoothed(lm, am, symbols, termination_symbol, lm_only_scale,
+                                        am_only_scale, boundary, rnnt_type)
+    return _loss_from_logprobs(px, py, boundary, rnnt_type, delay_penalty, reduction,
+                               return_grad)
 
 
 def rnnt_loss_pruned(logits: Tensor, symbols: Tensor, ranges: Tensor, termination_symbol: int,
-                     boundary: Tensor | None = None, reduction: str = "mean") -> Tensor:
+                     boundary: Tensor | None = None, rnnt_type: str = "regular",
+                     delay_penalty: float = 0.0, reduction: str = "mean",
+                     use_hat_loss: bool = False) -> Tensor:
     """RNN-T loss on joiner output evaluated only at the pruned positions.
 
     Args:
       logits: (B, T, R, C) joiner output on ``do_rnnt_pruning``'s am/lm.
       symbols: (B, S) int64; ranges: (B, T, R) from :func:`get_rnnt_prune_ranges`.
       termination_symbol: blank id; boundary: optional (B, 4).
+      rnnt_type, delay_penalty: as :func:`rnnt_loss`.
       reduction: ``"none"`` (B,), ``"sum"`` or ``"mean"`` (sum / B).
+      use_hat_loss: the HAT distribution instead of a softmax (blank must be 0).
     Returns:
       The negated log-likelihood over paths that stay inside ``ranges``, reduced.
     """
     _check_reduction(reduction)
+    _check_options(rnnt_type, delay_penalty)
     k2 = _k2()
     if k2 is not None:
-        boundary = _for_k2(_check_pruned(logits, symbols, ranges, termination_symbol, boundary),
-                           logits)
+        checked = _check_pruned(logits, symbols, ranges, termination_symbol, boundary,
+                                rnnt_type)
         return k2.rnnt_loss_pruned(logits=logits, symbols=symbols, ranges=ranges,
-                                   termination_symbol=termination_symbol, boundary=boundary,
-                                   reduction=reduction)
-    px, py = get_rnnt_logprobs_pruned(logits, symbols, ranges, termination_symbol, boundary)
-    return _loss_from_logprobs(px, py, boundary, reduction)
+                                   termination_symbol=termination_symbol,
+                                   boundary=_for_k2(checked, logits), rnnt_type=rnnt_type,
+                                   delay_penalty=delay_penalty, reduction=reduction,
+                                   use_hat_loss=use_hat_loss)
+    logprobs = get_hat_logprobs_pruned if use_hat_loss else get_rnnt_logprobs_pruned
+    px, py = logprobs(logits, symbols, ranges, termination_symbol, boundary, rnnt_type)
+    return _loss_from_logprobs(px, py, boundary, rnnt_type, delay_penalty, reduction)
 
 
 # --------------------------------------------------------------------------- pruning
@@ -791,35 +689,50 @@ def _monotonic_lower_bound(x: Tensor) -> Tensor:
     return torch.flip(torch.cummin(torch.flip(x, dims=[1]), dim=1).values, dims=[1])
 
 
-def _adjust_pruning_lower_bound(s_begin: Tensor, s_range: int) -> Tensor:
-    """Makes (B, T) range starts non-decreasing, 0 on frame 0, and stepping by < ``s_range``.
+def _adjust_pruning_lower_bound(s_begin: Tensor, max_step: int) -> Tensor:
+    """Makes (B, T) range starts non-decreasing, 0 on frame 0, and stepping by < ``max_step``.
 
-    The step limit uses ``u[t] = (s_range - 1) * t - s_begin[t]``: ``u`` non-decreasing is the
-    same as ``s_begin[t + 1] - s_begin[t] <= s_range - 1``. Clamping ``u >= 0`` forces
-    ``s_begin[t] <= (s_range - 1) * t``, hence ``s_begin[0] == 0``.
+    The step limit uses ``u[t] = (max_step - 1) * t - s_begin[t]``: ``u`` non-decreasing is the
+    same as ``s_begin[t + 1] - s_begin[t] <= max_step - 1``. Clamping ``u >= 0`` forces
+    ``s_begin[t] <= (max_step - 1) * t``, hence ``s_begin[0] == 0``.
     """
     s_begin = _monotonic_lower_bound(s_begin)
-    slope = (s_range - 1) * torch.arange(s_begin.shape[1], device=s_begin.device)  # (T,)
+    slope = (max_step - 1) * torch.arange(s_begin.shape[1], device=s_begin.device)  # (T,)
     u = _monotonic_lower_bound(slope - s_begin).clamp(min=0)
     return slope - u
 
 
+def _smallest_prune_range(boundary: Tensor) -> int:
+    """The smallest s_range of the regular topology that leaves every utterance a path:
+    ``(s_range - 1) * T_b >= S_b``, i.e. ``(S_b - 1) // T_b + 2`` (k2's), from a CPU copy."""
+    _, _, s_end, t_end = host_copy(boundary).unbind(1)
+    if s_end.numel() == 0:
+        return 2
+    need = (s_end - 1).clamp(min=0) // t_end.clamp(min=1) + 2
+    return int(need.max())
+
+
 def _check_prune_args(px_grad: Tensor, py_grad: Tensor, boundary: Tensor, s_range: int
-                      ) -> tuple[int, int, int, Tensor]:
-    """Validates :func:`get_rnnt_prune_ranges` arguments; returns (B, S, T, boundary)."""
-    _check_float("px_grad", px_grad, 3)
-    _check_float("py_grad", py_grad, 3)
+                      ) -> tuple[int, int, bool, Tensor]:
+    """Validates :func:`get_rnnt_prune_ranges` arguments; returns (S, T, regular,
+    boundary)."""
+    check_float("px_grad", px_grad, 3)
+    check_float("py_grad", py_grad, 3)
     B, S, T1 = px_grad.shape
     T = py_grad.shape[2]
-    if T1 != T + 1 or tuple(py_grad.shape) != (B, S + 1, T):
-        raise ValueError("expected px_grad (B, S, T+1) and py_grad (B, S+1, T) of the regular "
-                         f"RNN-T, got {tuple(px_grad.shape)} and {tuple(py_grad.shape)}")
-    if isinstance(s_range, bool) or not isinstance(s_range, int) or s_range < 2:
-        raise ValueError(f"s_range must be an int >= 2 for the regular RNN-T, got {s_range!r}")
-    boundary = _check_boundary(boundary, B, S, T)
+    if T1 not in (T, T + 1) or tuple(py_grad.shape) != (B, S + 1, T):
+        raise ValueError("expected px_grad (B, S, T+1) (regular) or (B, S, T) (modified) and "
+                         f"py_grad (B, S+1, T), got {tuple(px_grad.shape)} and "
+                         f"{tuple(py_grad.shape)}")
+    regular = T1 == T + 1
+    low = 2 if regular else 1
+    if isinstance(s_range, bool) or not isinstance(s_range, int) or s_range < low:
+        raise ValueError(f"s_range must be an int >= {low} for the "
+                         f"{'regular' if regular else 'modified'} RNN-T, got {s_range!r}")
+    boundary = check_boundary(boundary, B, S, T, modified=not regular)
     if boundary is None:
         raise ValueError("boundary (B, 4) is required by get_rnnt_prune_ranges")
-    return B, S, T, _to_device(boundary, px_grad.device)
+    return S, T, regular, boundary
 
 
 def get_rnnt_prune_ranges(px_grad: Tensor, py_grad: Tensor, boundary: Tensor,
@@ -830,23 +743,34 @@ def get_rnnt_prune_ranges(px_grad: Tensor, py_grad: Tensor, boundary: Tensor,
     px_grad[b, k - 1, t]`` (the occupation of the window, minus paths that enter it from below
     on that frame; arXiv 2206.13236, sec. 3.2). From frame ``T_b - 1`` on the start is
     ``max(S_b - s_range + 1, 0)`` so that the last symbol is reached. Starts are then made
-    non-decreasing, 0 on frame 0, and never jump by ``s_range`` or more (no symbol skipped).
-    ``s_range > S`` keeps all ``S + 1`` positions.
+    non-decreasing, 0 on frame 0, and never jump by ``s_range`` or more (no symbol skipped; by
+    2 or more for the modified topology, which moves one symbol per frame).
+
+    As in k2, ``s_range`` grows where an utterance has too few frames for its symbols: a
+    regular path advances at most ``s_range - 1`` positions per frame, so ``s_range`` is
+    raised to ``max((S_b - 1) // T_b + 2)`` (an utterance of 1 frame and 9 symbols needs 10),
+    and the ranges are then wider than asked. ``s_range > S`` keeps all ``S + 1`` positions.
 
     Args:
-      px_grad: (B, S, T + 1) and py_grad: (B, S + 1, T), from ``return_grad=True``.
+      px_grad: (B, S, T + 1) (regular) or (B, S, T) (modified), and py_grad: (B, S + 1, T),
+        from ``return_grad=True``.
       boundary: (B, 4) int64 rows ``[0, 0, S_b, T_b]``.
-      s_range: positions kept per frame, >= 2.
+      s_range: positions kept per frame, >= 2 (>= 1 for the modified topology).
     Returns:
-      (B, T, R) int64 ranges, ``ranges[b, t] = start[b, t] + arange(R)``, R = min(s_range, S+1).
+      (B, T, R) int64 ranges, ``ranges[b, t] = start[b, t] + arange(R)``,
+      R = min(max(s_range, the smallest workable), S + 1).
     """
-    B, S, T, boundary = _check_prune_args(px_grad, py_grad, boundary, s_range)
+    S, T, regular, boundary = _check_prune_args(px_grad, py_grad, boundary, s_range)
+    if regular:
+        s_range = max(s_range, _smallest_prune_range(boundary))
     k2 = _k2()
     if k2 is not None:
-        return k2.get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad, boundary=boundary,
+        return k2.get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad,
+                                        boundary=to_device(boundary, px_grad.device),
                                         s_range=s_range)
-    if s_range > S:
-        s_range = S + 1
+    boundary = to_device(boundary, px_grad.device)
+    B = px_grad.shape[0]
+    s_range = min(s_range, S + 1)
     num_starts = S + 2 - s_range
     window = py_grad.unfold(1, s_range, 1).sum(dim=3)  # (B, num_starts, T)
     entering = torch.cat([px_grad.new_zeros(B, 1, T), px_grad[:, : num_starts - 1, :T]], dim=1)
@@ -856,7 +780,7 @@ def get_rnnt_prune_ranges(px_grad: Tensor, py_grad: Tensor, boundary: Tensor,
     free = frames < boundary[:, 3].reshape(B, 1) - 1  # (B, T)
     last_start = (boundary[:, 2].reshape(B, 1) - s_range + 1).clamp(min=0)  # (B, 1)
     s_begin = torch.where(free, s_begin, last_start)
-    s_begin = _adjust_pruning_lower_bound(s_begin, s_range)
+    s_begin = _adjust_pruning_lower_bound(s_begin, s_range if regular else 2)
     offsets = torch.arange(s_range, device=px_grad.device)
     return s_begin.unsqueeze(2) + offsets  # (B, T, R)
 

@@ -4,8 +4,11 @@ library only: the data module and the torch-free ONNX Runtime code both use it.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
+WORD_START = "\u2581"  # sentencepiece's word-start mark
 MAX_TOKENS = 1_000_000  # no vocabulary is larger; bounds what a bad file can allocate
 
 
@@ -41,3 +44,38 @@ def read_token_table(path: str | Path) -> list[str]:
         raise ValueError(f"{path}: ids must run from 0 to {len(table) - 1} without gaps; "
                          f"{gap} is missing")
     return [table[i] for i in range(len(table))]
+
+
+def token_id(tokens: Sequence[str], token: str) -> int:
+    """Id of ``token`` in the table, or -1 when absent."""
+    try:
+        return list(tokens).index(token)
+    except ValueError:
+        return -1
+
+
+def tokens_to_text(token_ids: Sequence[int], tokens: Sequence[str]) -> str:
+    """Concatenated tokens with ``▁`` as a space (what sherpa-onnx and icefall print)."""
+    return "".join(tokens[i] for i in token_ids).replace(WORD_START, " ").strip()
+
+
+def set_dims_from_tokens(params: MutableMapping[str, Any], tokens_path: str | Path
+                         ) -> list[str]:
+    """vocab_size and blank_id from tokens.txt, as icefall's export scripts set them.
+
+    Returns:
+      The token table (list indexed by id).
+    Raises:
+      ValueError: when the file is missing or malformed, or blank is not id 0 (sherpa-onnx
+        hard-codes blank = 0).
+    """
+    tokens = read_token_table(tokens_path)
+    if "<blk>" not in tokens:
+        raise ValueError(f"{tokens_path} has no <blk> token")
+    if tokens.index("<blk>") != 0:
+        raise ValueError(f"{tokens_path}: <blk> has id {tokens.index('<blk>')}; sherpa-onnx "
+                         "needs blank id 0")
+    # disambiguation symbols (#0, #1, ...) of a lexicon are not model outputs
+    params["vocab_size"] = 1 + max(i for i, t in enumerate(tokens) if t and t[0] != "#")
+    params["blank_id"] = 0
+    return tokens

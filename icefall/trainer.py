@@ -48,7 +48,7 @@ from icefall.checkpoint import (
     update_averaged_model,
 )
 from icefall.data import AsrDataModule, encode, filter_cuts, load_bpe_model, load_cuts
-from icefall.data.manifests import count_cuts
+from icefall.data.manifests import count_cuts, find_manifest, manifest_list, parse_named_sets
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.dist import (
     cleanup_dist,
@@ -95,7 +95,7 @@ def get_params() -> AttributeDict:
     return AttributeDict(best_train_loss=float("inf"), best_valid_loss=float("inf"),
                          best_train_epoch=-1, best_valid_epoch=-1, batch_idx_train=0,
                          cur_epoch=0, num_bad_batches=0, num_overflow_batches=0,
-                         feature_dim=80, subsampling_factor=4)
+                         feature_dim=80, subsampling_factor=4, batch_count_offset=None)
 
 
 def plain_params(params: AttributeDict) -> dict[str, Any]:
@@ -254,6 +254,7 @@ def load_resume_checkpoint(params: AttributeDict, model: nn.Module,
               "best_valid_loss", "num_bad_batches"):
         if k in saved:
             params[k] = saved[k]
+    params.batch_count_offset = saved_batch_count_offset(params, saved)
     if params.start_batch > 0 and "cur_epoch" in saved:
         params.start_epoch = saved["cur_epoch"]
     set_whiten_state(model, data.get("whiten_state") or {})
@@ -357,8 +358,9 @@ def compute_loss(params: AttributeDict, model: nn.Module, sp, batch: dict,
 
 
 def compute_validation_loss(params: AttributeDict, model: nn.Module, sp, valid_dl,
-                            world_size: int) -> MetricsTracker:
-    """Loss over the validation set in eval mode; updates the best validation loss."""
+                            world_size: int, update_best: bool = True) -> MetricsTracker:
+    """Loss over a validation set in eval mode; updates the best validation loss (which
+    the first validation set decides) when ``update_best``."""
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     tot = MetricsTracker()
@@ -370,7 +372,7 @@ def compute_validation_loss(params: AttributeDict, model: nn.Module, sp, valid_d
     for m, mode in was_training.items():
         m.training = mode
     value = tot["loss"] / max(tot["frames"], 1.0)
-    if value < params.best_valid_loss:
+    if update_best and value < params.best_valid_loss:
         params.best_valid_epoch, params.best_valid_loss = params.cur_epoch, value
     return tot
 
@@ -380,12 +382,33 @@ def compute_validation_loss(params: AttributeDict, model: nn.Module, sp, valid_d
 # ---------------------------------------------------------------------------------------
 
 
+def batch_count_offset(params: AttributeDict) -> float:
+    """Where the model's schedules start in a new run: ``params.finetune_batch_count`` (the
+    recipe's: 1e6 for zipformer_adapter/train.py, 1e5 for zipformer/finetune.py, as in
+    icefall) when fine-tuning a pretrained model, which is past every warm-up; 0 otherwise."""
+    if not params.do_finetune:
+        return 0.0
+    return float(params.get("finetune_batch_count", 1_000_000))
+
+
+def saved_batch_count_offset(params: AttributeDict, saved: dict[str, Any]) -> float:
+    """The offset of the run a checkpoint belongs to: its stored ``batch_count_offset``, or
+    for older checkpoints the offset of its own --do-finetune. A run resumed with
+    --do-finetune 0 (as the tutorial advises, so that --finetune-ckpt is not loaded again)
+    thus keeps the schedules where the fine-tuning run had them."""
+    if "batch_count_offset" in saved:
+        return float(saved["batch_count_offset"])
+    return batch_count_offset(AttributeDict(params, do_finetune=bool(saved.get(
+        "do_finetune", params.do_finetune))))
+
+
 def adjusted_batch_count(params: AttributeDict) -> float:
     """Batch count seen by the model's schedules: batches at the reference duration, plus
-    1e6 when fine-tuning (a pretrained model is past every warm-up), as icefall does."""
+    the run's offset (:func:`batch_count_offset`, kept across resumes in the checkpoint)."""
     count = params.batch_idx_train * (params.max_duration * params.world_size) / \
         params.ref_duration
-    return count + (1_000_000 if params.do_finetune else 0)
+    offset = params.get("batch_count_offset")
+    return count + (batch_count_offset(params) if offset is None else offset)
 
 
 def set_train_mode(model: nn.Module, params: AttributeDict) -> None:
@@ -510,21 +533,31 @@ def _periodic(params: AttributeDict, st: TrainState, train_dl) -> None:
         remove_checkpoints(params.exp_dir, params.keep_last_k)
 
 
-def validate(params: AttributeDict, st: TrainState, valid_dl) -> None:
-    """Logs (and writes to TensorBoard) the validation loss."""
-    valid = compute_validation_loss(params, st.model, st.sp, valid_dl, st.world_size)
-    logging.info(f"Epoch {params.cur_epoch}, batch {params.batch_idx_train}, validation: "
-                 f"{valid}; best valid loss {params.best_valid_loss:.4g} "
-                 f"(epoch {params.best_valid_epoch})")
-    if st.tb_writer is not None:
-        valid.write_summary(st.tb_writer, "train/valid_", params.batch_idx_train)
+def validate(params: AttributeDict, st: TrainState,
+             valid_dls: list[tuple[str, Any]]) -> None:
+    """Logs (and writes to TensorBoard) the loss of every validation set.
+
+    One set is logged as icefall's train.py does (``Epoch E, batch B, validation: ...``,
+    TensorBoard ``train/valid_*``); several as its fine-tuning scripts do, under their
+    names (``Validation on NAME: ...``, ``train/NAME_valid_*``). The first set decides
+    the best validation loss (best-valid-loss.pt).
+    """
+    for i, (name, dl) in enumerate(valid_dls):
+        valid = compute_validation_loss(params, st.model, st.sp, dl, st.world_size, i == 0)
+        what = "" if len(valid_dls) == 1 else f"Validation on {name}: "
+        logging.info(f"{what}Epoch {params.cur_epoch}, batch {params.batch_idx_train}, "
+                     f"validation: {valid}; best valid loss {params.best_valid_loss:.4g} "
+                     f"(epoch {params.best_valid_epoch})")
+        if st.tb_writer is not None:
+            tag = "train/valid_" if len(valid_dls) == 1 else f"train/{name}_valid_"
+            valid.write_summary(st.tb_writer, tag, params.batch_idx_train)
 
 
 class TrainingDataError(TrainingStoppedError):
     """The training data cannot make a batch (found once training has started)."""
 
 
-def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl,
+def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dls,
                     rng_state: dict[str, Any] | None = None) -> None:
     """Trains over train_dl once; params.train_loss is the epoch's loss per frame.
 
@@ -554,7 +587,7 @@ def train_one_epoch(params: AttributeDict, st: TrainState, train_dl, valid_dl,
             speed = utts / max(time.time() - start, 1e-6)
             _log_progress(params, st, batch_idx, info, tot, speed)
         if batch_idx > 0 and batch_idx % params.valid_interval == 0:
-            validate(params, st, valid_dl)
+            validate(params, st, valid_dls)
             set_train_mode(st.model, params)
     if batch_idx < 0 and rng_state is None:
         raise TrainingDataError(
@@ -594,7 +627,14 @@ def copy_best_checkpoints(params: AttributeDict, st: TrainState) -> None:
 
 
 def _manifest_paths(params: AttributeDict, names: str) -> list[Path]:
-    return [Path(params.manifest_dir) / n.strip() for n in names.split(",") if n.strip()]
+    """The manifests of a comma-separated list (``a|b`` alternatives: the one that exists)."""
+    return [find_manifest(params.manifest_dir, n) for n in manifest_list(names)]
+
+
+def validation_sets(params: AttributeDict) -> list[tuple[str, list[Path]]]:
+    """--valid-cuts as (name, manifests) pairs (:func:`parse_named_sets`)."""
+    return [(name, [find_manifest(params.manifest_dir, m) for m in files])
+            for name, files in parse_named_sets(params.valid_cuts)]
 
 
 def _load_all(paths: list[Path]):
@@ -605,15 +645,16 @@ def _load_all(paths: list[Path]):
 
 
 def make_dataloaders(params: AttributeDict, sp, sampler_state: dict | None):
-    """(train_dl, valid_dl): filtered training cuts (muxed with --use-mux) and valid cuts."""
+    """(train_dl, [(name, valid_dl)]): filtered training cuts (muxed with --use-mux) and
+    each validation set's."""
     dm = AsrDataModule(params)
     train_cuts = filter_cuts(_load_all(_manifest_paths(params, params.train_cuts)), sp)
     if params.use_mux:
         orig = filter_cuts(_load_all(_manifest_paths(params, params.mux_cuts)), sp)
         train_cuts = dm.mux_train_cuts(train_cuts, orig)
-    valid_cuts = filter_cuts(_load_all(_manifest_paths(params, params.valid_cuts)), sp)
-    return dm.train_dataloaders(train_cuts, sampler_state_dict=sampler_state), \
-        dm.valid_dataloaders(valid_cuts)
+    valid_dls = [(name, dm.valid_dataloaders(filter_cuts(_load_all(paths), sp)))
+                 for name, paths in validation_sets(params)]
+    return dm.train_dataloaders(train_cuts, sampler_state_dict=sampler_state), valid_dls
 
 
 def _make_model(params: AttributeDict, rank: int, world_size: int, device: torch.device
@@ -712,9 +753,13 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
     sp = load_bpe_model(params.bpe_model)
     set_model_dims_from_bpe(params, sp)
     st, checkpoint = make_train_state(params, rank, world_size, device, sp)
+    if params.batch_count_offset is None:  # a new run (a resumed one has its run's)
+        params.batch_count_offset = batch_count_offset(params)
     resume_mid_epoch = params.start_batch > 0 and checkpoint is not None
     sampler_state = checkpoint.get("sampler") if resume_mid_epoch else None
-    train_dl, valid_dl = make_dataloaders(params, sp, sampler_state)
+    train_dl, valid_dls = make_dataloaders(params, sp, sampler_state)
+    logging.info(f"Validation sets: {', '.join(n for n, _ in valid_dls)} (--valid-cuts "
+                 f"{params.valid_cuts})")
     if device.type == "cuda":
         scan_pessimistic_batches(params, st, train_dl)
     for epoch in range(params.start_epoch, params.num_epochs + 1):
@@ -725,9 +770,9 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
         if st.tb_writer is not None:
             st.tb_writer.add_scalar("train/epoch", epoch, params.batch_idx_train)
         resume = resume_mid_epoch and epoch == params.start_epoch
-        train_one_epoch(params, st, train_dl, valid_dl, checkpoint["rng"] if resume else None)
+        train_one_epoch(params, st, train_dl, valid_dls, checkpoint["rng"] if resume else None)
         save_epoch_checkpoint(params, st, train_dl.sampler)
-        validate(params, st, valid_dl)
+        validate(params, st, valid_dls)
         copy_best_checkpoints(params, st)
     spread = max_checksum_difference_across_ranks(unwrap(st.model))
     if world_size > 1:
@@ -785,8 +830,9 @@ def check_training_inputs(params: AttributeDict) -> None:
     sp = load_bpe_model(params.bpe_model)
     resume = resume_filename(params)
     check_finetune_flags(params, resume is not None)
-    check_training_manifests(params, [params.train_cuts, params.valid_cuts] +
-                             ([params.mux_cuts] if params.use_mux else []))
+    valid = [m for _, files in parse_named_sets(params.valid_cuts) for m in files]
+    check_training_manifests(params, manifest_list(params.train_cuts) + valid +
+                             (manifest_list(params.mux_cuts) if params.use_mux else []))
     check_exp_dir(params, resuming=resume is not None)
     if params.world_size > 1 and not launched_by_torchrun():
         check_port_free(params.master_port)

@@ -16,9 +16,10 @@ from icefall.cli.train import main as train_main
 
 # Reads of CPU tensors by design: lengths and boundaries are kept on the host.
 HOST_READS = {
-    ("rnnt_loss", "_check_boundary"),  # boundary values, checked on its CPU copy
-    ("rnnt_loss", "_host"),  # the CPU copy itself (free for a CPU boundary)
-    ("rnnt_loss", "_start_and_end_diagonals"),  # where the recursions start and end
+    ("mutual_information", "check_boundary"),  # boundary values, checked on its CPU copy
+    ("mutual_information", "host_copy"),  # the CPU copy itself (free for a CPU boundary)
+    ("mutual_information", "_start_and_end_diagonals"),  # where the recursions start and end
+    ("rnnt_loss", "_smallest_prune_range"),  # the s_range every utterance needs
     ("model", "forward"),  # x_lens.cpu(): training passes CPU lengths
     ("model", "check_inputs"),  # lengths, on the host
     ("trainer", "loss_terms"),  # frame count from the CPU lengths

@@ -184,17 +184,17 @@ def test_smoothed_loss_matches_interpolated_naive_recursion():
 
 def test_smoothed_loss_invariant_to_per_frame_and_per_position_offsets():
     am, lm, symbols, boundary = make_batch()
-    loss = rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.2, 0.1, boundary, "none")
+    loss = rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.2, 0.1, boundary, reduction="none")
     shifted = rnnt_loss_smoothed(lm + 3 * torch.randn(3, 5, 1, dtype=torch.float64),
                                  am + 3 * torch.randn(3, 7, 1, dtype=torch.float64),
-                                 symbols, BLANK, 0.2, 0.1, boundary, "none")
+                                 symbols, BLANK, 0.2, 0.1, boundary, reduction="none")
     torch.testing.assert_close(shifted, loss, rtol=1e-10, atol=1e-10)
 
 
 def test_return_grad_equals_autograd_of_scores_wrt_px_py():
     am, lm, symbols, boundary = make_batch()
     _, (px_grad, py_grad) = rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.25, 0.1, boundary,
-                                               "sum", return_grad=True)
+                                               reduction="sum", return_grad=True)
     px, py = get_rnnt_logprobs_smoothed(lm, am, symbols, BLANK, 0.25, 0.1, boundary)
     px, py = px.detach().requires_grad_(), py.detach().requires_grad_()
     scores = mutual_information_recursion(px, py, boundary)
@@ -217,13 +217,14 @@ def test_pruned_loss_with_full_range_equals_full_loss():
     am, lm, symbols, boundary = make_batch()
     S = symbols.shape[1]
     full = rnnt_loss(full_logits(am, lm), symbols, BLANK, boundary, reduction="none")
-    _, (px_grad, py_grad) = rnnt_loss_simple(lm, am, symbols, BLANK, boundary, "none", True)
+    _, (px_grad, py_grad) = rnnt_loss_simple(lm, am, symbols, BLANK, boundary,
+                                             reduction="none", return_grad=True)
     natural = get_rnnt_prune_ranges(px_grad, py_grad, boundary, s_range=S + 3)
     explicit = torch.arange(S + 1).expand(3, 7, S + 1)
     assert torch.equal(natural, explicit)
     am_p, lm_p = do_rnnt_pruning(am, lm, natural)
     assert am_p.shape == lm_p.shape == (3, 7, S + 1, 6)
-    pruned = rnnt_loss_pruned(am_p + lm_p, symbols, natural, BLANK, boundary, "none")
+    pruned = rnnt_loss_pruned(am_p + lm_p, symbols, natural, BLANK, boundary, reduction="none")
     torch.testing.assert_close(pruned, full, rtol=1e-12, atol=1e-12)
 
 
@@ -231,18 +232,21 @@ def test_pruned_loss_is_a_subset_of_paths():
     """Pruning only removes paths: the pruned loss is >= the full loss, equal cells agree."""
     am, lm, symbols, boundary = make_batch(B=3, T=12, S=6, C=8)
     full = rnnt_loss(full_logits(am, lm), symbols, BLANK, boundary, reduction="none")
-    _, grads = rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.1, 0.1, boundary, "none", True)
+    _, grads = rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.1, 0.1, boundary,
+                                  reduction="none", return_grad=True)
     ranges = get_rnnt_prune_ranges(*grads, boundary, s_range=3)
     am_p, lm_p = do_rnnt_pruning(am, lm, ranges)
-    pruned = rnnt_loss_pruned(am_p + lm_p, symbols, ranges, BLANK, boundary, "none")
+    pruned = rnnt_loss_pruned(am_p + lm_p, symbols, ranges, BLANK, boundary, reduction="none")
     assert torch.isfinite(pruned).all() and (pruned >= full - 1e-12).all()
     # A peaked model whose best path fits in the ranges loses almost nothing by pruning.
     sharp_am, sharp_lm = 30 * am, 30 * lm
-    _, grads = rnnt_loss_simple(sharp_lm, sharp_am, symbols, BLANK, boundary, "none", True)
+    _, grads = rnnt_loss_simple(sharp_lm, sharp_am, symbols, BLANK, boundary,
+                                reduction="none", return_grad=True)
     ranges = get_rnnt_prune_ranges(*grads, boundary, s_range=4)
     am_p, lm_p = do_rnnt_pruning(sharp_am, sharp_lm, ranges)
-    sharp_full = rnnt_loss(full_logits(sharp_am, sharp_lm), symbols, BLANK, boundary, "none")
-    sharp_pruned = rnnt_loss_pruned(am_p + lm_p, symbols, ranges, BLANK, boundary, "none")
+    sharp_full = rnnt_loss(full_logits(sharp_am, sharp_lm), symbols, BLANK, boundary,
+                           reduction="none")
+    sharp_pruned = rnnt_loss_pruned(am_p + lm_p, symbols, ranges, BLANK, boundary, reduction="none")
     assert ((sharp_pruned - sharp_full) / sharp_full).abs().max() < 0.05
 
 
@@ -270,7 +274,8 @@ def test_prune_ranges_are_monotonic_and_in_bounds(s_range):
     B, T, S = 4, 16, 8
     am, lm, symbols, _ = make_batch(B=B, T=T, S=S, C=7)
     boundary = torch.tensor([[0, 0, 8, 16], [0, 0, 5, 11], [0, 0, 1, 9], [0, 0, 7, 8]])
-    _, grads = rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.2, 0.1, boundary, "none", True)
+    _, grads = rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.2, 0.1, boundary,
+                                  reduction="none", return_grad=True)
     ranges = get_rnnt_prune_ranges(*grads, boundary, s_range)
     assert ranges.shape == (B, T, s_range) and ranges.dtype == torch.int64
     start = ranges[:, :, 0]
@@ -299,7 +304,7 @@ def test_gradcheck_smoothed_loss():
     am.requires_grad_()
     lm.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a, m: rnnt_loss_smoothed(m, a, symbols, BLANK, 0.3, 0.2, boundary, "none"),
+        lambda a, m: rnnt_loss_smoothed(m, a, symbols, BLANK, 0.3, 0.2, boundary, reduction="none"),
         (am, lm))
 
 
@@ -308,10 +313,11 @@ def test_gradcheck_pruned_loss():
     symbols[1, 0] = BLANK
     ranges = torch.tensor([[0, 0, 1, 2], [0, 1, 1, 1]])[:, :, None] + torch.arange(2)
     logits = torch.randn(2, 4, 2, 4, dtype=torch.float64, requires_grad=True)
-    loss = rnnt_loss_pruned(logits, symbols, ranges, BLANK, boundary, "none")
+    loss = rnnt_loss_pruned(logits, symbols, ranges, BLANK, boundary, reduction="none")
     assert torch.isfinite(loss).all()
     assert torch.autograd.gradcheck(
-        lambda x: rnnt_loss_pruned(x, symbols, ranges, BLANK, boundary, "none"), (logits,))
+        lambda x: rnnt_loss_pruned(x, symbols, ranges, BLANK, boundary,
+                                   reduction="none"), (logits,))
 
 
 def test_mutual_information_with_offsets_matches_naive_and_gradcheck():
@@ -335,13 +341,14 @@ def test_padding_does_not_change_per_utterance_losses():
     am[1, 6:] += 40 * torch.randn(4, 6, dtype=torch.float64)  # junk in the padding
     lm[2, 3:] -= 40
     s_range = 3
-    _, grads = rnnt_loss_simple(lm, am, symbols, BLANK, boundary, "none", return_grad=True)
+    _, grads = rnnt_loss_simple(lm, am, symbols, BLANK, boundary,
+                                reduction="none", return_grad=True)
     ranges = get_rnnt_prune_ranges(*grads, boundary, s_range)
     am_p, lm_p = do_rnnt_pruning(am, lm, ranges)
     batch = {
-        "full": rnnt_loss(full_logits(am, lm), symbols, BLANK, boundary, "none"),
-        "simple": rnnt_loss_simple(lm, am, symbols, BLANK, boundary, "none"),
-        "pruned": rnnt_loss_pruned(am_p + lm_p, symbols, ranges, BLANK, boundary, "none"),
+        "full": rnnt_loss(full_logits(am, lm), symbols, BLANK, boundary, reduction="none"),
+        "simple": rnnt_loss_simple(lm, am, symbols, BLANK, boundary, reduction="none"),
+        "pruned": rnnt_loss_pruned(am_p + lm_p, symbols, ranges, BLANK, boundary, reduction="none"),
     }
     for b in range(3):
         S_b, T_b = int(boundary[b, 2]), int(boundary[b, 3])
@@ -375,12 +382,12 @@ def test_reductions():
     logits = full_logits(am, lm)
     ranges = torch.zeros(3, 7, 2, dtype=torch.int64) + torch.arange(2)
     calls = {
-        "full": lambda red: rnnt_loss(logits, symbols, BLANK, boundary, red),
-        "simple": lambda red: rnnt_loss_simple(lm, am, symbols, BLANK, boundary, red),
+        "full": lambda red: rnnt_loss(logits, symbols, BLANK, boundary, reduction=red),
+        "simple": lambda red: rnnt_loss_simple(lm, am, symbols, BLANK, boundary, reduction=red),
         "smoothed": lambda red: rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.1, 0.1, boundary,
-                                                   red),
+                                                   reduction=red),
         "pruned": lambda red: rnnt_loss_pruned(logits[:, :, :2], symbols, ranges, BLANK,
-                                               boundary, red),
+                                               boundary, reduction=red),
     }
     for fn in calls.values():
         none = fn("none")
@@ -414,7 +421,16 @@ def _bad_calls():
         "lm/am C": lambda: rnnt_loss_simple(lm[:, :, :5], am, symbols, BLANK),
         "lm/am dtype": lambda: rnnt_loss_simple(lm.double(), am, symbols, BLANK),
         "s_range": lambda: get_rnnt_prune_ranges(px_grad, py_grad, boundary, 1),
-        "modified grads": lambda: get_rnnt_prune_ranges(px_grad[:, :, :7], py_grad, boundary, 2),
+        "grads shape": lambda: get_rnnt_prune_ranges(px_grad[:, :, :6], py_grad, boundary, 2),
+        "modified s_range": lambda: get_rnnt_prune_ranges(px_grad[:, :, :7], py_grad, boundary,
+                                                          0),
+        "rnnt_type": lambda: rnnt_loss(logits, symbols, BLANK, rnnt_type="pruned"),
+        "delay_penalty": lambda: rnnt_loss(logits, symbols, BLANK, delay_penalty="0.1"),
+        "modified T < S": lambda: rnnt_loss(logits[:, :3], symbols, BLANK, rnnt_type="modified"),
+        "modified T_b < S_b": lambda: rnnt_loss(logits, symbols, BLANK, torch.tensor(
+            [[0, 0, 4, 3]] * 3), rnnt_type="constrained"),
+        "hat blank": lambda: rnnt_loss_pruned(logits[:, :, :2], symbols, ranges, 1,
+                                              use_hat_loss=True),
         "no boundary": lambda: get_rnnt_prune_ranges(px_grad, py_grad, None, 2),
         "ranges value": lambda: do_rnnt_pruning(am, lm, ranges + 4),
         "ranges shape": lambda: rnnt_loss_pruned(logits[:, :, :3], symbols, ranges, BLANK),
@@ -481,23 +497,27 @@ def test_k2_backend_passes_k2_keyword_arguments(monkeypatch):
     ranges = torch.zeros(3, 7, 2, dtype=torch.int64) + torch.arange(2)
     grads = (torch.zeros(3, 4, 8), torch.zeros(3, 5, 7))
     results = [
-        rnnt_loss(full_logits(am, lm), symbols, BLANK, boundary, "sum"),
-        rnnt_loss_simple(lm, am, symbols, BLANK, boundary, "sum", True),
-        rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.25, 0.0, boundary, "sum", True),
+        rnnt_loss(full_logits(am, lm), symbols, BLANK, boundary, "modified", 0.5, "sum"),
+        rnnt_loss_simple(lm, am, symbols, BLANK, boundary, reduction="sum", return_grad=True),
+        rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.25, 0.0, boundary,
+                           reduction="sum", return_grad=True),
         rnnt_loss_pruned(full_logits(am, lm)[:, :, :2], symbols, ranges, BLANK, boundary),
         get_rnnt_prune_ranges(*grads, boundary, 2),
         do_rnnt_pruning(am, lm, ranges),
     ]
     assert results == names
-    common = {"symbols", "termination_symbol", "boundary", "reduction"}
+    common = {"symbols", "termination_symbol", "boundary", "reduction", "rnnt_type",
+              "delay_penalty"}
     assert set(calls["rnnt_loss"]) == common | {"logits"}
     assert set(calls["rnnt_loss_simple"]) == common | {"lm", "am", "return_grad"}
     assert set(calls["rnnt_loss_smoothed"]) == common | {"lm", "am", "return_grad",
                                                         "lm_only_scale", "am_only_scale"}
-    assert set(calls["rnnt_loss_pruned"]) == common | {"logits", "ranges"}
+    assert set(calls["rnnt_loss_pruned"]) == common | {"logits", "ranges", "use_hat_loss"}
     assert set(calls["get_rnnt_prune_ranges"]) == {"px_grad", "py_grad", "boundary", "s_range"}
     assert set(calls["do_rnnt_pruning"]) == {"am", "lm", "ranges"}
     assert calls["rnnt_loss_smoothed"]["lm_only_scale"] == 0.25
+    assert (calls["rnnt_loss"]["rnnt_type"], calls["rnnt_loss"]["delay_penalty"]) == \
+        ("modified", 0.5)  # k2's positional order
     assert all(c["boundary"].dtype == torch.int64 for c in calls.values() if "boundary" in c)
     with pytest.raises(ValueError):  # arguments are still checked before reaching k2
         rnnt_loss(full_logits(am, lm), symbols[:, :2], BLANK)
@@ -509,14 +529,14 @@ def test_k2_and_torch_backends_agree(monkeypatch):
     am, lm, symbols, boundary = make_batch(B=3, T=12, S=5, C=8)
 
     def run():
-        loss, grads = rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.25, 0.1, boundary, "none",
-                                         return_grad=True)
+        loss, grads = rnnt_loss_smoothed(lm, am, symbols, BLANK, 0.25, 0.1, boundary,
+                                         reduction="none", return_grad=True)
         ranges = get_rnnt_prune_ranges(*grads, boundary, 3)
         am_p, lm_p = do_rnnt_pruning(am, lm, ranges)
         return (loss, *grads, ranges,
-                rnnt_loss(full_logits(am, lm), symbols, BLANK, boundary, "none"),
-                rnnt_loss_simple(lm, am, symbols, BLANK, boundary, "none"),
-                rnnt_loss_pruned(am_p + lm_p, symbols, ranges, BLANK, boundary, "none"))
+                rnnt_loss(full_logits(am, lm), symbols, BLANK, boundary, reduction="none"),
+                rnnt_loss_simple(lm, am, symbols, BLANK, boundary, reduction="none"),
+                rnnt_loss_pruned(am_p + lm_p, symbols, ranges, BLANK, boundary, reduction="none"))
 
     ours = run()
     monkeypatch.setenv(R.BACKEND_ENV, "k2")

@@ -21,7 +21,12 @@ from icefall.cli.model import (
     add_model_arguments,
 )
 from icefall.cli.onnx import add_onnx_model_arguments
-from icefall.decode.recipe import decode_checkpoint, decode_onnx
+from icefall.decode.recipe import (
+    CTC_DECODING_METHODS,
+    decode_checkpoint,
+    decode_ctc_checkpoint,
+    decode_onnx,
+)
 from icefall.decode.search import DECODING_METHODS
 
 
@@ -57,6 +62,11 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-states", type=positive_int, default=64, help="fast_beam_search: max states.")
     a("--max-sym-per-frame", type=positive_int, default=1, help="greedy_search: symbols per frame.")
     a("--blank-penalty", type=finite_float, default=0.0, help="Subtracted from blank's logit.")
+    a("--context-file", type=Path, default=None,
+      help="Context biasing of modified_beam_search: a file of words or phrases, one a "
+           "line, favoured by an Aho-Corasick graph over their BPE pieces.")
+    a("--context-score", type=finite_float, default=2.0,
+      help="Bonus per BPE piece of a matched --context-file phrase.")
 
 
 def get_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
@@ -75,6 +85,31 @@ def main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
     exit status 1."""
     args = get_parser(recipe).parse_args(argv)
     return run_guarded(decode_checkpoint, vars(args), recipe.gigaspeech_scoring)
+
+
+def get_ctc_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
+    """ctc_decode.py: icefall's flags for the CTC searches that need no k2."""
+    parser = ArgumentParser()
+    add_checkpoint_arguments(parser, recipe.exp_dir)
+    a = parser.add_argument
+    a("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
+      help="Path to the BPE model.")
+    a("--decoding-method", type=str, default="ctc-greedy-search",
+      choices=CTC_DECODING_METHODS, help="CTC search.")
+    a("--beam", type=positive_int, default=4,
+      help="ctc-prefix-beam-search: symbols tried per frame and prefixes kept.")
+    add_test_set_arguments(parser, recipe)
+    add_model_arguments(parser)
+    parser.set_defaults(use_ctc=True)  # the script decodes the CTC head
+    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
+    add_dataloading_arguments(parser)
+    return parser
+
+
+def ctc_main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
+    """ctc_decode.py; returns {test set: [(key, WER)]}."""
+    args = get_ctc_parser(recipe).parse_args(argv)
+    return run_guarded(decode_ctc_checkpoint, vars(args))
 
 
 def get_onnx_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
-"""export-onnx.py of both recipes: flags and ``main`` (the export is
-:mod:`icefall.export.onnx`)."""
+"""export-onnx.py and export.py of both recipes: flags and ``main`` (the exports are
+:mod:`icefall.export.onnx` and :mod:`icefall.export.torchscript`)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,49 @@ def main(exp_dir: str, use_adapters_default: bool,
     args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
     setup_logger()
     return run_guarded(export_checkpoint, vars(args))
+
+
+def get_pytorch_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentParser:
+    """export.py: icefall's flags (--epoch 30 --avg 9 by default, --tokens, --jit)."""
+    parser = ArgumentParser()
+    add_checkpoint_arguments(parser, exp_dir, epoch=30, avg=9)
+    parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
+                        help="Path to tokens.txt (vocab size and blank id).")
+    parser.add_argument("--jit", type=str2bool, default=False,
+                        help="1: write <exp-dir>/jit_script.pt (TorchScript) for "
+                             "jit_pretrained.py; 0: write <exp-dir>/pretrained.pt "
+                             "({'model': state_dict}).")
+    add_model_arguments(parser)
+    add_adapter_arguments(parser, use_adapters_default=use_adapters_default)
+    return parser
+
+
+def pytorch_main(exp_dir: str, use_adapters_default: bool,
+                 argv: list[str] | None = None) -> Path:
+    """export.py; bad input is one line on stderr and exit status 1."""
+    from icefall.export.torchscript import export_model
+
+    args = get_pytorch_parser(exp_dir, use_adapters_default).parse_args(argv)
+    setup_logger()
+    return run_guarded(export_model, vars(args))
+
+
+def get_ctc_onnx_parser(exp_dir: str) -> argparse.ArgumentParser:
+    """export-onnx-ctc.py: icefall's flags (--use-ctc defaults to 1 here)."""
+    parser = ArgumentParser()
+    add_checkpoint_arguments(parser, exp_dir, epoch=28, avg=15)
+    parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
+                        help="Path to tokens.txt (copied into --exp-dir).")
+    add_model_arguments(parser)
+    parser.set_defaults(use_ctc=True)
+    add_adapter_arguments(parser, use_adapters_default=False)
+    return parser
+
+
+def ctc_onnx_main(exp_dir: str, argv: list[str] | None = None) -> tuple[Path, Path]:
+    """export-onnx-ctc.py; bad input is one line on stderr and exit status 1."""
+    from icefall.export.onnx import export_ctc_checkpoint
+
+    args = get_ctc_onnx_parser(exp_dir).parse_args(argv)
+    setup_logger()
+    return run_guarded(export_ctc_checkpoint, vars(args))

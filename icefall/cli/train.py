@@ -8,6 +8,7 @@ in a :class:`TrainRecipe` and calls :func:`main` with it; the training itself is
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from icefall.cli.flags import (
     str2bool,
 )
 from icefall.cli.model import add_adapter_arguments, add_model_arguments
+from icefall.data.manifests import find_manifest, parse_named_sets
 from icefall.dist import launch
 from icefall.trainer import prepare_training, run_rank
 from icefall.utils import AttributeDict
@@ -35,7 +37,14 @@ from icefall.utils import AttributeDict
 @dataclass(frozen=True)
 class TrainRecipe:
     """A recipe's flag defaults: its exp-dir, whether it trains adapters on a pretrained
-    model, and the manifests (in --manifest-dir) it trains, validates and mixes in."""
+    model, the manifests (in --manifest-dir) it trains, validates and mixes in, and its
+    learning-rate schedule.
+
+    ``valid_cuts`` are always validated on (unless --valid-cuts is given);
+    ``optional_valid_cuts`` too when all their manifests exist (the original domain's,
+    which a fine-tuning machine may not have). Manifest names may give alternatives as
+    ``a|b`` (:func:`icefall.data.manifests.find_manifest`).
+    """
 
     exp_dir: str
     use_adapters: bool
@@ -43,6 +52,13 @@ class TrainRecipe:
     train_cuts: str
     valid_cuts: str
     mux_cuts: str = ""
+    optional_valid_cuts: str = ""
+    base_lr: float = 0.045
+    lr_batches: float = 7500
+    lr_epochs: float = 3.5
+    # Where the model's schedules (dropout, layer skipping, ...) start when fine-tuning a
+    # pretrained model: batches at --ref-duration (icefall's offsets differ per script).
+    finetune_batch_count: float = 1_000_000
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe) -> None:
@@ -60,10 +76,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe)
       help="Folder of checkpoints, logs and TensorBoard files.")
     a("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
       help="Path to the BPE model.")
-    a("--base-lr", type=positive_float, default=0.045, help="The base learning rate.")
-    a("--lr-batches", type=positive_float, default=7500,
+    a("--base-lr", type=positive_float, default=recipe.base_lr, help="The base learning rate.")
+    a("--lr-batches", type=positive_float, default=recipe.lr_batches,
       help="Batches over which the learning rate decays (Eden).")
-    a("--lr-epochs", type=positive_float, default=3.5,
+    a("--lr-epochs", type=positive_float, default=recipe.lr_epochs,
       help="Epochs over which the learning rate decays (Eden).")
     a("--lr-warmup-batches", type=nonnegative_float, default=500.0,
       help="Eden's linear warm-up of the learning rate, in batches.")
@@ -102,8 +118,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe)
       help="Validate every this many batches (and at the end of every epoch).")
     a("--train-cuts", type=str, default=recipe.train_cuts,
       help="Training manifests in --manifest-dir, comma-separated.")
-    a("--valid-cuts", type=str, default=recipe.valid_cuts,
-      help="Validation manifests in --manifest-dir, comma-separated.")
+    a("--valid-cuts", type=str, action="append", default=None,
+      help="Validation sets in --manifest-dir, each validated, logged and written to "
+           "TensorBoard on its own: NAME=MANIFEST[+MANIFEST...] items (or bare manifest "
+           "names), comma-separated; the flag may be repeated. Default: "
+           f"{recipe.valid_cuts}" + (f", and {recipe.optional_valid_cuts} when present"
+                                     if recipe.optional_valid_cuts else "") + ".")
     a("--mux-cuts", type=str, default=recipe.mux_cuts,
       help="With --use-mux 1: original-domain training manifests mixed into training.")
     a("--trust-checkpoint", type=str2bool, default=False,
@@ -138,6 +158,25 @@ def get_parser(recipe: TrainRecipe) -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_valid_cuts(params: AttributeDict, recipe: TrainRecipe) -> None:
+    """--valid-cuts as one string: the values given, joined, or the recipe's sets (with its
+    optional ones when their manifests exist in --manifest-dir)."""
+    if params.valid_cuts:
+        params.valid_cuts = ",".join(params.valid_cuts)
+        return
+    params.valid_cuts = recipe.valid_cuts
+    optional = parse_named_sets(recipe.optional_valid_cuts)
+    try:
+        for _, files in optional:
+            for name in files:
+                find_manifest(params.manifest_dir, name)
+    except FileNotFoundError as e:
+        if optional:
+            logging.info(f"Not validating on {recipe.optional_valid_cuts}: {e}")
+        return
+    params.valid_cuts += "," + recipe.optional_valid_cuts
+
+
 def _rank_main(rank: int, world_size: int, params: AttributeDict) -> None:
     """One rank: a user error found there is its one line on stderr and exit status 1."""
     run_guarded(run_rank, rank, world_size, params)
@@ -147,6 +186,8 @@ def main(recipe: TrainRecipe, argv: list[str] | None = None) -> None:
     """Parses flags, checks inputs, and trains on --world-size processes (or torchrun's).
     Bad input is one line on stderr and exit status 1."""
     params = AttributeDict(vars(get_parser(recipe).parse_args(argv)))
+    params.finetune_batch_count = recipe.finetune_batch_count
+    resolve_valid_cuts(params, recipe)
     run_guarded(prepare_training, params)
     try:
         launch(_rank_main, params.world_size, params)

@@ -1,5 +1,6 @@
-"""pretrained.py of both recipes: transcribe sound files with a checkpoint, one
-``<file>: <text>`` line per file on stdout (onnx_pretrained.py: :mod:`icefall.cli.onnx`)."""
+"""pretrained.py and jit_pretrained.py of both recipes: transcribe sound files with a
+checkpoint or a TorchScript model, one ``<file>: <text>`` line per file on stdout
+(onnx_pretrained.py: :mod:`icefall.cli.onnx`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ def get_parser(use_adapters_default: bool) -> argparse.ArgumentParser:
     a = parser.add_argument
     a("--checkpoint", type=Path, required=True,
       help="A checkpoint with a 'model' state dict (pretrained.pt, epoch-N.pt, ...).")
-    a("--bpe-model", type=Path, required=True, help="Path to the BPE model.")
+    a("--tokens", type=Path, default=None,
+      help="Path to tokens.txt (icefall's flag); or give --bpe-model.")
+    a("--bpe-model", type=Path, default=None,
+      help="Path to the BPE model (instead of --tokens).")
     a("--method", type=str, default="greedy_search", choices=DECODING_METHODS,
       help="Decoding method.")
     a("--sample-rate", type=positive_int, default=SAMPLE_RATE,
@@ -39,6 +43,31 @@ def main(use_adapters_default: bool, argv: list[str] | None = None) -> list[str]
     """pretrained.py; bad input is one line on stderr and exit status 1."""
     from icefall.decode.transcribe import transcribe_files
 
-    args = get_parser(use_adapters_default).parse_args(argv)
+    parser = get_parser(use_adapters_default)
+    args = parser.parse_args(argv)
+    if (args.tokens is None) == (args.bpe_model is None):
+        parser.error("give --tokens (tokens.txt) or --bpe-model, one of them")
     logging.basicConfig(level=logging.WARNING)
     return print_texts(args.sound_files, run_guarded(transcribe_files, vars(args)))
+
+
+def get_jit_parser() -> argparse.ArgumentParser:
+    """jit_pretrained.py: icefall's flags."""
+    parser = ArgumentParser()
+    a = parser.add_argument
+    a("--nn-model-filename", type=Path, required=True,
+      help="The TorchScript model, jit_script.pt of export.py --jit 1.")
+    a("--tokens", type=Path, required=True, help="Path to tokens.txt.")
+    a("--sample-rate", type=positive_int, default=SAMPLE_RATE,
+      help="Sample rate of the model's features.")
+    a("sound_files", type=Path, nargs="+", help="Sound files (any format libsndfile reads).")
+    return parser
+
+
+def jit_main(argv: list[str] | None = None) -> list[str]:
+    """jit_pretrained.py; bad input is one line on stderr and exit status 1."""
+    from icefall.decode.jit import transcribe_jit_files
+
+    args = get_jit_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    return print_texts(args.sound_files, run_guarded(transcribe_jit_files, vars(args)))

@@ -38,6 +38,61 @@ def feats_dirname(prefix: str, part: str) -> str:
     return f"{prefix}_feats_{part}" if prefix else f"feats_{part}"
 
 
+def manifest_list(value: str) -> list[str]:
+    """``"a.jsonl.gz, b.jsonl.gz"`` -> ``["a.jsonl.gz", "b.jsonl.gz"]`` (empty items dropped)."""
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+def find_manifest(manifest_dir: str | Path, name: str) -> Path:
+    """``manifest_dir / name``, where ``name`` may give alternatives as ``a|b``: the first
+    that exists. Recipes use this for corpora whose manifests have two usual names (this
+    toolkit's ``gigaspeech_cuts_S.jsonl.gz``, icefall's ``cuts_S.jsonl.gz``).
+
+    Raises:
+      FileNotFoundError: naming every alternative, when none exists.
+    """
+    choices = [c.strip() for c in name.split("|") if c.strip()]
+    if not choices:
+        raise ValueError(f"empty manifest name '{name}'")
+    paths = [Path(manifest_dir) / c for c in choices]
+    for path in paths:
+        if path.is_file():
+            return path
+    others = "".join(f" (nor {p.name})" for p in paths[1:])
+    raise FileNotFoundError(f"manifest not found: {paths[0]}{others}")
+
+
+def set_name(manifests: str) -> str:
+    """The name of an unnamed set of manifests: its first file name without
+    ``.jsonl.gz`` (``doma_cuts_valid.jsonl.gz+x`` -> ``doma_cuts_valid``)."""
+    first = manifests.split("+")[0].split("|")[0].strip()
+    return first[: -len(MANIFEST_SUFFIX)] if first.endswith(MANIFEST_SUFFIX) else first
+
+
+def parse_named_sets(value: str) -> list[tuple[str, list[str]]]:
+    """Named sets of manifests: ``"dev=a.jsonl.gz+b.jsonl.gz,giga=c.jsonl.gz"`` ->
+    ``[("dev", ["a.jsonl.gz", "b.jsonl.gz"]), ("giga", ["c.jsonl.gz"])]``.
+
+    Items are comma-separated; ``NAME=`` is optional (see :func:`set_name`); ``+`` joins
+    the manifests of one set; each manifest may give alternatives with ``|``.
+
+    Raises:
+      ValueError: for an empty or repeated name, or an item without manifests.
+    """
+    sets: list[tuple[str, list[str]]] = []
+    for item in manifest_list(value):
+        name, sep, files = item.partition("=")
+        if not sep:
+            name, files = set_name(item), item
+        manifests = [f.strip() for f in files.split("+") if f.strip()]
+        if not name.strip() or not manifests:
+            raise ValueError(f"expected NAME=MANIFEST[+MANIFEST...] or MANIFEST, got '{item}'")
+        if name.strip() in {n for n, _ in sets}:
+            raise ValueError(f"the set name '{name.strip()}' is given twice")
+        sets.append((name.strip(), manifests))
+    return sets
+
+
 def check_manifest(path: str | Path) -> Path:
     """Checks that ``path`` is a readable, non-empty JSON-lines manifest.
 

@@ -29,30 +29,15 @@ import numpy as np
 import onnxruntime as ort
 
 from icefall.audio import SAMPLE_RATE
-from icefall.token_table import read_token_table
+from icefall.token_table import (  # noqa: F401 (token_id, tokens_to_text: this API)
+    read_token_table,
+    token_id,
+    tokens_to_text,
+)
 
 FEATURE_DIM = 80
 LOG_EPS = math.log(1e-10)  # padding value of features (sherpa-onnx: -23.025850929940457)
 BLANK_ID = 0
-WORD_START = "\u2581"  # sentencepiece's word-start mark
-
-
-# ---------------------------------------------------------------------------
-# tokens.txt
-# ---------------------------------------------------------------------------
-
-
-def token_id(tokens: Sequence[str], token: str) -> int:
-    """Id of ``token`` in the table, or -1 when absent."""
-    try:
-        return list(tokens).index(token)
-    except ValueError:
-        return -1
-
-
-def tokens_to_text(token_ids: Sequence[int], tokens: Sequence[str]) -> str:
-    """Concatenated tokens with ``▁`` as a space (what sherpa-onnx and icefall print)."""
-    return "".join(tokens[i] for i in token_ids).replace(WORD_START, " ").strip()
 
 
 # ---------------------------------------------------------------------------

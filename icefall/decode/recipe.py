@@ -24,6 +24,7 @@ from lhotse import CutSet
 from torch import nn
 
 from icefall.data import AsrDataModule, load_bpe_model, load_cuts
+from icefall.data.manifests import find_manifest
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.data.validation import validate_manifest
 from icefall.decode.gigaspeech_scoring import post_processing
@@ -50,12 +51,13 @@ def parse_test_sets(value: str) -> list[tuple[str, str]]:
 
 
 def load_test_sets(params: Mapping[str, Any]) -> dict[str, CutSet]:
-    """The test sets of ``params["test_sets"]`` (lazy), every cut checked first (readable,
-    features or audio present, no audio source that runs a command or fetches a URL
-    unless ``trust_manifest``): a bad cut is one line naming it, before decoding starts."""
+    """The test sets of ``params["test_sets"]`` (lazy; ``a|b``: the manifest of the two that
+    exists), every cut checked first (readable, features or audio present, no audio source
+    that runs a command or fetches a URL unless ``trust_manifest``): a bad cut is one line
+    naming it, before decoding starts."""
     sets = {}
     for name, manifest in parse_test_sets(params["test_sets"]):
-        path = Path(params["manifest_dir"]) / manifest
+        path = find_manifest(params["manifest_dir"], manifest)
         validate_manifest(path, require_supervisions=True,
                           need_features=not params.get("on_the_fly_feats", False),
                           trust_sources=params.get("trust_manifest", False))
@@ -121,8 +123,28 @@ def adapter_state_tag(model: nn.Module, params: Mapping[str, Any]) -> str:
     return "-adapters-off" if has_adapters(model) and not params["use_adapters"] else ""
 
 
-def pytorch_decoder(model: nn.Module, sp, params: Mapping[str, Any]) -> BatchDecoder:
-    """A batch decoder running ``model``'s encoder and the search of ``params``."""
+def context_graph_of(params: Mapping[str, Any], sp):
+    """The ContextGraph of ``--context-file`` (BPE pieces of each line, ``--context-score``
+    per piece), or None without one.
+
+    Raises:
+      ValueError: a context file with another method than modified_beam_search, or a file
+        that cannot be read or holds no phrase.
+    """
+    from icefall.decode.context_graph import read_context_file
+
+    if not params.get("context_file"):
+        return None
+    if params["decoding_method"] != "modified_beam_search":
+        raise ValueError("--context-file biases --decoding-method modified_beam_search only "
+                         f"(got {params['decoding_method']})")
+    return read_context_file(params["context_file"], sp.encode, params["context_score"])
+
+
+def pytorch_decoder(model: nn.Module, sp, params: Mapping[str, Any],
+                    context_graph=None) -> BatchDecoder:
+    """A batch decoder running ``model``'s encoder and the search of ``params`` (with the
+    context biasing of ``context_graph``)."""
     device = next(model.parameters()).device
 
     def decode(batch: dict) -> list[str]:
@@ -135,7 +157,8 @@ def pytorch_decoder(model: nn.Module, sp, params: Mapping[str, Any]) -> BatchDec
                                 max_sym_per_frame=params["max_sym_per_frame"],
                                 blank_penalty=params["blank_penalty"], beam=params["beam"],
                                 max_contexts=params["max_contexts"],
-                                max_states=params["max_states"])
+                                max_states=params["max_states"],
+                                context_graph=context_graph)
         return sp.decode(hyps)
 
     return decode
@@ -149,6 +172,7 @@ def decode_checkpoint(params: Mapping[str, Any], gigaspeech_scoring: bool
     sp = load_bpe_model(params["bpe_model"])
     set_model_dims_from_bpe(params, sp)
     cuts = load_test_sets(params)  # fails before the model loads
+    graph = context_graph_of(params, sp)
     res_dir = params["res_dir"] or Path(params["exp_dir"]) / params["decoding_method"]
     suffix = results_suffix(params)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -156,8 +180,70 @@ def decode_checkpoint(params: Mapping[str, Any], gigaspeech_scoring: bool
     suffix += adapter_state_tag(model, params)
     key = decoding_key(params["decoding_method"], params["beam_size"], params["beam"],
                        params["max_contexts"], params["max_states"])
-    return decode_test_sets(params, cuts, pytorch_decoder(model, sp, params), res_dir, key,
-                            f"{key}-{suffix}", gigaspeech_scoring)
+    if graph is not None:  # icefall's tag of a biased search
+        key += f"-context-score-{params['context_score']:g}"
+        logging.info(f"Context biasing: {graph.num_nodes} graph nodes from "
+                     f"{params['context_file']}, {params['context_score']:g} per token")
+    return decode_test_sets(params, cuts, pytorch_decoder(model, sp, params, graph), res_dir,
+                            key, f"{key}-{suffix}", gigaspeech_scoring)
+
+
+# ----------------------------------------------------------------------------- CTC
+
+CTC_DECODING_METHODS = ("ctc-greedy-search", "ctc-prefix-beam-search")
+
+
+def ctc_decoding_key(decoding_method: str) -> str:
+    """icefall's result key: ``ctc-greedy-search`` or ``prefix-beam-search``."""
+    if decoding_method not in CTC_DECODING_METHODS:
+        raise ValueError(f"unknown CTC decoding method '{decoding_method}'; expected one of "
+                         f"{', '.join(CTC_DECODING_METHODS)} (the lattice methods of "
+                         "icefall's ctc_decode.py need k2 and an HLG graph)")
+    return decoding_method.removeprefix("ctc-") if "prefix" in decoding_method \
+        else decoding_method
+
+
+def ctc_decoder(model: nn.Module, sp, params: Mapping[str, Any]) -> BatchDecoder:
+    """A batch decoder running ``model``'s encoder and CTC head, then the CTC search."""
+    from icefall.decode.ctc import ctc_greedy_search, ctc_prefix_beam_search
+
+    device = next(model.parameters()).device
+    blank_id = int(params["blank_id"])
+
+    def decode(batch: dict) -> list[str]:
+        feats = batch["inputs"].to(device, non_blocking=True)  # (N, T, 80)
+        with torch.no_grad():
+            enc, enc_lens = model.forward_encoder(feats, batch["supervisions"]["num_frames"])
+            log_probs = model.ctc_output(enc)  # (N, T', V)
+            if params["decoding_method"] == "ctc-greedy-search":
+                hyps = ctc_greedy_search(log_probs, enc_lens, blank_id)
+            else:
+                hyps = ctc_prefix_beam_search(log_probs, enc_lens, params["beam"], blank_id)
+        return sp.decode(hyps)
+
+    return decode
+
+
+def decode_ctc_checkpoint(params: Mapping[str, Any]) -> dict[str, list[tuple[str, float]]]:
+    """ctc_decode.py: the CTC head of the checkpoint model chosen by the flags, on every test
+    set; reports in ``<exp-dir>/<decoding-method>/`` as decode.py writes them."""
+    params = dict(params)
+    key = ctc_decoding_key(params["decoding_method"])
+    if not params.get("use_ctc"):
+        raise ValueError("ctc_decode.py decodes a model's CTC head: pass --use-ctc 1 (and "
+                         "the checkpoint must have one)")
+    sp = load_bpe_model(params["bpe_model"])
+    set_model_dims_from_bpe(params, sp)
+    cuts = load_test_sets(params)  # fails before the model loads
+    res_dir = params["res_dir"] or Path(params["exp_dir"]) / params["decoding_method"]
+    suffix = checkpoint_suffix(params)
+    if key == "prefix-beam-search":
+        suffix += f"-beam-{params['beam']}"
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    model = load_model(params, device)
+    suffix += adapter_state_tag(model, params)
+    return decode_test_sets(params, cuts, ctc_decoder(model, sp, params), res_dir, key,
+                            f"{key}-{suffix}", False)
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime

@@ -98,6 +98,38 @@ def compute_wer(results: Sequence[Result]) -> WerStats:
                     corr=ref_words - subs - dels)
 
 
+@dataclass(frozen=True)
+class ListedWordErrors:
+    """Errors on a list of words (e.g. a context-biasing list): reference occurrences of a
+    listed word not recognised (substituted or deleted), hypothesis occurrences of a
+    listed word that the reference does not have there (substitutions and insertions),
+    and the reference occurrences. ``rate`` is 100 * (misses + false_alarms) / ref_words,
+    the biased-word error rate of contextual-biasing papers."""
+
+    misses: int
+    false_alarms: int
+    ref_words: int
+
+    @property
+    def rate(self) -> float:
+        return round(100.0 * (self.misses + self.false_alarms) / max(self.ref_words, 1), 2)
+
+
+def listed_word_errors(results: Sequence[Result], words: Iterable[str]) -> ListedWordErrors:
+    """:class:`ListedWordErrors` of ``results`` on ``words`` (kaldialign's alignment)."""
+    _check_results(results)
+    listed = set(words)
+    misses = false_alarms = ref_words = 0
+    for _, ref, hyp in results:
+        for r, h in kaldialign.align(list(ref), list(hyp), ERR):
+            if r in listed:
+                ref_words += 1
+                misses += r != h
+            if h in listed and h != r:
+                false_alarms += 1
+    return ListedWordErrors(misses, false_alarms, ref_words)
+
+
 def _count_errors(results: Sequence[Result]) -> tuple[dict[tuple[str, str], int], dict[str, int],
                                                       dict[str, int], dict[str, list[int]], int]:
     """Counts errors over the kaldialign alignments, per kind and per word.

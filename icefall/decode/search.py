@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from icefall.decode.context_graph import ContextGraph, ContextTables
 from icefall.decode.step import TransducerStep
 
 _NEG_INF = float("-inf")
@@ -306,14 +307,17 @@ class _Beams:
     """Hypotheses of N utterances, W slots each; empty slots have score -inf.
 
     ys: (N, W, L) ids, the K context slots first, ``_PAD`` past ``lens``;
-    lens: (N, W) used length of ys; scores: (N, W) total log-probability;
-    times: (N, W, T) frame of each emitted token (first lens - K entries valid).
+    lens: (N, W) used length of ys; scores: (N, W) total log-probability (plus the
+    context bonuses earned so far, with context biasing);
+    times: (N, W, T) frame of each emitted token (first lens - K entries valid);
+    context: (N, W) context-graph state of each hypothesis, or None without biasing.
     """
 
     ys: Tensor
     lens: Tensor
     scores: Tensor
     times: Tensor
+    context: Tensor | None = None
 
     @staticmethod
     def initial(N: int, W: int, context: list[int], T: int, device: torch.device) -> _Beams:
@@ -374,8 +378,21 @@ def _merge_duplicates(ys: Tensor, scores: Tensor) -> Tensor:
     return torch.where(valid & ~duplicate, merged, _NEG_INF)
 
 
+def _context_step(beams: _Beams, tables: ContextTables, A: int, parent: Tensor,
+                  tok: Tensor, emit: Tensor) -> Tensor:
+    """Context biasing of the kept candidates (A, W): moves each context state by its
+    emitted token and returns the bonus earned (0 for blanks), as icefall adds it after
+    choosing the candidates."""
+    state = beams.context[:A].gather(1, parent)  # (A, W)
+    safe_tok = torch.where(emit, tok, 0)
+    moved = tables.next_state[state, safe_tok]
+    beams.context[:A] = torch.where(emit, moved, state)
+    return torch.where(emit, tables.bonus[state, safe_tok], 0.0)
+
+
 def _beam_step(step: TransducerStep, beams: _Beams, enc_t: Tensor, t: int,
-               blank_penalty: float, temperature: float) -> None:
+               blank_penalty: float, temperature: float,
+               tables: ContextTables | None = None) -> None:
     """Advances the first A = enc_t.size(0) utterances of ``beams`` by frame t, in place."""
     A, W = enc_t.size(0), beams.scores.size(1)
     K, blank_id, unk_id = step.context_size, step.blank_id, step.unk_id
@@ -391,6 +408,8 @@ def _beam_step(step: TransducerStep, beams: _Beams, enc_t: Tensor, t: int,
     ys.scatter_(2, lens.unsqueeze(-1), torch.where(emit, tok, _PAD).unsqueeze(-1))
     times.scatter_(2, (lens - K).unsqueeze(-1), torch.full_like(lens, t).unsqueeze(-1))
     lens = lens + emit.to(lens.dtype)
+    if tables is not None:
+        top_scores = top_scores + _context_step(beams, tables, A, parent, tok, emit)
     beams.scores[:A] = _merge_duplicates(ys, top_scores)
     beams.ys[:A, :, :width] = ys
     beams.times[:A, :, :t + 1] = times
@@ -400,14 +419,20 @@ def _beam_step(step: TransducerStep, beams: _Beams, enc_t: Tensor, t: int,
 @torch.inference_mode()
 def modified_beam_search(model: nn.Module, encoder_out: Tensor, encoder_out_lens: Tensor,
                          beam: int = 4, temperature: float = 1.0, blank_penalty: float = 0.0,
-                         return_timestamps: bool = False,
-                         length_norm: bool = True) -> list[list[int]] | DecodingResults:
+                         return_timestamps: bool = False, length_norm: bool = True,
+                         context_graph: ContextGraph | None = None
+                         ) -> list[list[int]] | DecodingResults:
     """Beam search limited to one symbol per frame, over a padded batch.
 
     Per frame, each hypothesis is extended by every symbol (blank keeps it unchanged), the
     ``beam`` best (hypothesis, symbol) pairs of each utterance are kept, and kept pairs that
     spell the same label sequence are merged by adding their probabilities. All active
     utterances advance together with tensor operations.
+
+    With ``context_graph`` (icefall's context biasing), every kept candidate that emits a
+    token moves its context state and adds the graph's (non-strict) bonus to its score;
+    at the end an unfinished match's bonus is taken back before the best hypothesis is
+    chosen (:mod:`icefall.decode.context_graph`).
 
     Args:
       model: transducer with ``.decoder`` and ``.joiner``.
@@ -419,6 +444,7 @@ def modified_beam_search(model: nn.Module, encoder_out: Tensor, encoder_out_lens
       return_timestamps: return a :class:`DecodingResults` instead of the token lists.
       length_norm: pick the final hypothesis by score / (K + number of tokens), as icefall
         does; False picks the highest total log-probability.
+      context_graph: words or phrases to favour (``--context-file``), or None.
     Returns:
       N token-id lists (caller's order), or DecodingResults.
     """
@@ -432,9 +458,16 @@ def modified_beam_search(model: nn.Module, encoder_out: Tensor, encoder_out_lens
     sorted_lens, order = _sort_by_length(encoder_out_lens.to(device))
     enc = _project_frames(step, encoder_out, order)  # (T, N, J)
     beams = _Beams.initial(N, int(beam), step.initial_context(), T, device)
+    tables = None
+    if context_graph is not None:
+        tables = context_graph.transition_tables(int(model.decoder.vocab_size)).to(device)
+        beams.context = torch.zeros(N, int(beam), dtype=torch.int64, device=device)
     for t, active in enumerate(_active_counts(sorted_lens, T)):
-        _beam_step(step, beams, enc[t, :active], t, blank_penalty, temperature)
-    rank = beams.scores / beams.lens if length_norm else beams.scores
+        _beam_step(step, beams, enc[t, :active], t, blank_penalty, temperature, tables)
+    scores = beams.scores
+    if tables is not None:  # unfinished matches give their bonus back
+        scores = scores + tables.final[beams.context]
+    rank = scores / beams.lens if length_norm else scores
     best = rank.argmax(dim=1).tolist()
     ys, lens, times = beams.ys.cpu(), beams.lens.cpu(), beams.times.cpu()
     hyps, stamps = [], []
@@ -652,12 +685,14 @@ def decoding_key(decoding_method: str, beam_size: int = 4, beam: float = 20.0,
 def decode_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens: Tensor,
                  decoding_method: str, beam_size: int = 4, max_sym_per_frame: int = 1,
                  blank_penalty: float = 0.0, decoding_graph=None, beam: float = 20.0,
-                 max_contexts: int = 8, max_states: int = 64) -> list[list[int]]:
+                 max_contexts: int = 8, max_states: int = 64,
+                 context_graph: ContextGraph | None = None) -> list[list[int]]:
     """Runs the search named by ``--decoding-method`` on a batch; returns N token lists.
 
     Args:
       encoder_out: (N, T, C); encoder_out_lens: (N,).
       decoding_method: one of :data:`DECODING_METHODS`.
+      context_graph: context biasing of modified_beam_search (``--context-file``).
       Others: the flags of the decode scripts with the same names.
     """
     decoding_key(decoding_method)  # validates the name
@@ -667,7 +702,7 @@ def decode_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens: Tensor
                                    max_sym_per_frame=max_sym_per_frame)
     if decoding_method == "modified_beam_search":
         return modified_beam_search(model, encoder_out, encoder_out_lens, beam=beam_size,
-                                    blank_penalty=blank_penalty)
+                                    blank_penalty=blank_penalty, context_graph=context_graph)
     if decoding_method == "fast_beam_search":
         return fast_beam_search_one_best(model, decoding_graph, encoder_out, encoder_out_lens,
                                          beam=beam, max_states=max_states,

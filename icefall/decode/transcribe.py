@@ -1,4 +1,4 @@
-"""Transcribing sound files with a checkpoint and a BPE model (pretrained.py).
+"""Transcribing sound files with a checkpoint and tokens.txt or a BPE model (pretrained.py).
 
 Features are 80-bin kaldi-compatible fbank at 16 kHz (lhotse's ``Fbank``, the same
 extractor as training; kaldifeat's when it imports).
@@ -8,7 +8,7 @@ Dimension legend: N = files, T = frames, S = samples.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from icefall.data import load_bpe_model, make_fbank_extractor
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.decode.search import decode_batch
 from icefall.inference import model_from_state
+from icefall.token_table import set_dims_from_tokens, tokens_to_text
 
 
 def read_sound_file(path: Path, sample_rate: int) -> Tensor:
@@ -44,26 +45,38 @@ def compute_features(waves: list[Tensor], sample_rate: int) -> tuple[Tensor, Ten
     return padded, lens
 
 
-def transcribe(model: nn.Module, sp, waves: list[Tensor], sample_rate: int, method: str,
-               beam_size: int = 4, max_sym_per_frame: int = 1) -> list[str]:
-    """Text of each wave."""
+def transcribe(model: nn.Module, to_text: Callable[[list[list[int]]], list[str]],
+               waves: list[Tensor], sample_rate: int, method: str, beam_size: int = 4,
+               max_sym_per_frame: int = 1) -> list[str]:
+    """Text of each wave; ``to_text`` turns token-id lists into texts."""
     feats, lens = compute_features(waves, sample_rate)
     with torch.no_grad():
         enc, enc_lens = model.forward_encoder(feats, lens)
         hyps = decode_batch(model, enc, enc_lens, method, beam_size=beam_size,
                             max_sym_per_frame=max_sym_per_frame)
-    return sp.decode(hyps)
+    return to_text(hyps)
+
+
+def text_decoder(params: dict[str, Any]) -> Callable[[list[list[int]]], list[str]]:
+    """Token ids -> texts from ``params["tokens"]`` (tokens.txt, icefall's pretrained.py)
+    or ``params["bpe_model"]``; sets vocab_size and blank_id in ``params`` from it."""
+    if params.get("tokens"):
+        tokens = set_dims_from_tokens(params, params["tokens"])
+        return lambda hyps: [tokens_to_text(h, tokens) for h in hyps]
+    sp = load_bpe_model(params["bpe_model"])
+    set_model_dims_from_bpe(params, sp)
+    return sp.decode
 
 
 def transcribe_files(params: Mapping[str, Any]) -> list[str]:
     """pretrained.py: the text of each of ``params["sound_files"]`` with the checkpoint
-    ``params["checkpoint"]`` and the BPE model ``params["bpe_model"]``."""
+    ``params["checkpoint"]`` and ``params["tokens"]`` (or the BPE model
+    ``params["bpe_model"]``)."""
     params = dict(params)
-    sp = load_bpe_model(params["bpe_model"])
-    set_model_dims_from_bpe(params, sp)
+    to_text = text_decoder(params)
     waves = [read_sound_file(p, params["sample_rate"]) for p in params["sound_files"]]
     data = load_checkpoint_file(params["checkpoint"], allow_unsafe=params["trust_checkpoint"])
     state = strip_ddp_prefix(model_state_from(data, params["checkpoint"]))
     model = model_from_state(params, state, str(params["checkpoint"])).eval()
-    return transcribe(model, sp, waves, params["sample_rate"], params["method"],
+    return transcribe(model, to_text, waves, params["sample_rate"], params["method"],
                       params["beam_size"], params["max_sym_per_frame"])

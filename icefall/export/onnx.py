@@ -43,17 +43,10 @@ import torch
 from torch import Tensor, nn
 
 from icefall.files import StagedFiles, atomic_write_bytes, temporary_path
-from icefall.inference import (
-    checkpoint_suffix,
-    model_from_state,
-    select_state_dict,
-)
-from icefall.token_table import read_token_table
+from icefall.inference import checkpoint_suffix, load_export_model
+from icefall.token_table import set_dims_from_tokens
 from icefall.utils import to_int_tuple
-from icefall.zipformer import (
-    iter_adapters,
-    remove_adapters,
-)
+from icefall.zipformer import iter_adapters
 from icefall.zipformer.model import AsrModel
 
 OPSET_VERSION = 13
@@ -108,6 +101,24 @@ class OnnxJoiner(nn.Module):
 
     def forward(self, encoder_out: Tensor, decoder_out: Tensor) -> Tensor:
         return self.output_linear(torch.tanh(encoder_out + decoder_out))
+
+
+class OnnxCtcModel(nn.Module):
+    """Frontend + Zipformer2 + CTC head (icefall's export-onnx-ctc.py model).
+
+    forward: x (N, T, F) float32, x_lens (N,) int64 -> log_probs (N, T', V),
+    log_probs_len (N,).
+    """
+
+    def __init__(self, encoder_embed: nn.Module, encoder: nn.Module,
+                 ctc_output: nn.Module) -> None:
+        super().__init__()
+        self.encoder = OnnxEncoder(encoder_embed, encoder, nn.Identity())
+        self.ctc_output = ctc_output
+
+    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+        encoder_out, lens = self.encoder(x, x_lens)  # (N, T', C)
+        return self.ctc_output(encoder_out), lens
 
 
 @dataclass(frozen=True)
@@ -284,37 +295,6 @@ def export_tag(params: Mapping[str, Any]) -> str:
     return f"{base}-avg-{params['avg']}"
 
 
-def set_dims_from_tokens(params: dict[str, Any], tokens_path: Path) -> list[str]:
-    """vocab_size and blank_id from tokens.txt, as icefall's export-onnx.py sets them.
-
-    Raises:
-      ValueError: when the file is missing or malformed, or blank is not id 0 (sherpa-onnx
-        hard-codes blank = 0).
-    """
-    tokens = read_token_table(tokens_path)
-    if "<blk>" not in tokens:
-        raise ValueError(f"{tokens_path} has no <blk> token")
-    if tokens.index("<blk>") != 0:
-        raise ValueError(f"{tokens_path}: <blk> has id {tokens.index('<blk>')}; sherpa-onnx "
-                         "needs blank id 0")
-    # disambiguation symbols (#0, #1, ...) of a lexicon are not model outputs
-    params["vocab_size"] = 1 + max(i for i, t in enumerate(tokens) if t and t[0] != "#")
-    params["blank_id"] = 0
-    return tokens
-
-
-def load_export_model(params: Mapping[str, Any]) -> tuple[AsrModel, str]:
-    """The checkpoint model chosen by the flags, in eval mode on the CPU; with
-    ``use_adapters`` false any adapters are removed (the base model's graph)."""
-    state, source = select_state_dict(params)
-    model = model_from_state(params, state, source)
-    if not params["use_adapters"]:
-        removed = remove_adapters(model)
-        if removed:
-            logging.info(f"Left {removed} adapters of {source} out of the export")
-    return model.to("cpu").eval(), source
-
-
 def export_checkpoint(params: Mapping[str, Any]) -> ExportedFiles:
     """export-onnx.py: exports the model chosen by the checkpoint flags in ``params``
     (``exp_dir``, ``epoch``/``iter``, ``avg``, ``use_averaged_model``, the model flags,
@@ -336,3 +316,49 @@ def export_checkpoint(params: Mapping[str, Any]) -> ExportedFiles:
                  f"{' and their .int8.onnx versions' if params['int8'] else ''} and "
                  f"tokens.txt to {exp_dir}")
     return files
+
+
+# ---------------------------------------------------------------------------
+# export-onnx-ctc.py
+# ---------------------------------------------------------------------------
+
+
+def export_ctc_model(model: AsrModel, path: Path, opset: int = OPSET_VERSION) -> None:
+    """model.onnx: x (N, T, F), x_lens (N,) -> log_probs (N, T', V), log_probs_len (N,),
+    with the metadata sherpa-onnx reads for a zipformer2 CTC model."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(EXPORT_BATCH, EXPORT_FRAMES, model.encoder_embed.in_channels, generator=g)
+    x_lens = torch.full((EXPORT_BATCH,), EXPORT_FRAMES, dtype=torch.int64)
+    wrapper = OnnxCtcModel(model.encoder_embed, model.encoder, model.ctc_output)
+    proto = _trace_to_onnx(wrapper, (x, x_lens), ["x", "x_lens"],
+                           ["log_probs", "log_probs_len"],
+                           {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"},
+                            "log_probs": {0: "N", 1: "T"}, "log_probs_len": {0: "N"}}, opset)
+    save_with_metadata(proto, path, {"model_type": "zipformer2_ctc", "version": "1",
+                                     "model_author": MODEL_AUTHOR,
+                                     "comment": "non-streaming zipformer2 CTC"})
+
+
+def export_ctc_checkpoint(params: Mapping[str, Any]) -> tuple[Path, Path]:
+    """export-onnx-ctc.py: ``model.onnx`` and ``model.int8.onnx`` (icefall's names) of the
+    CTC head of the model chosen by the checkpoint flags, and tokens.txt, in ``exp_dir``,
+    written as one set; returns the two model paths."""
+    params = dict(params)
+    if not params.get("use_ctc"):
+        raise ValueError("export-onnx-ctc.py exports a model's CTC head: pass --use-ctc 1")
+    set_dims_from_tokens(params, params["tokens"])
+    model, source = load_export_model(params)
+    exp_dir = Path(params["exp_dir"])
+    path, int8 = exp_dir / "model.onnx", exp_dir / "model.int8.onnx"
+    tokens = Path(params["tokens"])
+    same = (exp_dir / "tokens.txt").exists() and \
+        (exp_dir / "tokens.txt").resolve() == tokens.resolve()
+    logging.info(f"Exporting the CTC model of {source}")
+    with torch.no_grad(), StagedFiles() as staged:
+        tmp = staged.stage(path)
+        export_ctc_model(model, tmp, params.get("opset", OPSET_VERSION))
+        quantize_int8(tmp, staged.stage(int8), ["MatMul"])
+        if not same:
+            shutil.copyfile(tokens, staged.stage(exp_dir / "tokens.txt"))
+    logging.info(f"Wrote {path} and {int8}")
+    return path, int8

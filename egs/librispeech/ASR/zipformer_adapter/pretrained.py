@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Transcribe sound files (16 kHz) with a checkpoint and a BPE model; one line per file.
+"""Transcribe sound files (16 kHz) with a checkpoint and tokens.txt; one line per file.
 
 Usage:
 
   ./zipformer_adapter/pretrained.py --checkpoint zipformer_adapter/exp/epoch-20.pt \
-    --bpe-model data/lang_bpe_500/bpe.model --use-adapters 1 --adapter-dim 16 \
+    --tokens data/lang_bpe_500/tokens.txt --use-adapters 1 --adapter-dim 16 \
     --method modified_beam_search --beam-size 4 /path/to/foo.wav
 
-Model flags (--encoder-dim, ...) must describe the checkpoint's model. The implementation
+--bpe-model data/lang_bpe_500/bpe.model may be given instead of --tokens. Model flags
+(--encoder-dim, ...) must describe the checkpoint's model. The implementation
 is shared by both recipes (icefall/decode/transcribe.py).
 """
 
