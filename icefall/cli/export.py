@@ -1,5 +1,5 @@
-"""export-onnx.py of both recipes: flags and ``main`` (the export is
-:mod:`icefall.export.onnx`)."""
+"""export-onnx.py and export-onnx-streaming.py of both recipes: flags and ``main`` (the
+exports are :mod:`icefall.export.onnx` and :mod:`icefall.export.onnx_streaming`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from icefall.cli.model import (
     add_model_arguments,
 )
 from icefall.export.onnx import ExportedFiles, export_checkpoint
+from icefall.export.onnx_streaming import export_streaming_checkpoint
 from icefall.utils import setup_logger
 
 
@@ -22,7 +23,8 @@ def get_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentPar
     add_checkpoint_arguments(parser, exp_dir, epoch=28, avg=15)
     parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
                         help="Path to tokens.txt (copied into --exp-dir).")
-    parser.add_argument("--int8", type=str2bool, default=True,
+    parser.add_argument("--int8", "--enable-int8-quantization", dest="int8", type=str2bool,
+                        default=True,
                         help="Also write .int8.onnx (dynamic quantisation) files.")
     add_model_arguments(parser)
     add_adapter_arguments(parser, use_adapters_default=use_adapters_default)
@@ -35,3 +37,13 @@ def main(exp_dir: str, use_adapters_default: bool,
     args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
     setup_logger()
     return run_guarded(export_checkpoint, vars(args))
+
+
+def streaming_main(exp_dir: str, use_adapters_default: bool,
+                   argv: list[str] | None = None) -> ExportedFiles:
+    """export-onnx-streaming.py (the model flags --causal 1 and one --chunk-size and
+    --left-context-frames to stream with); bad input is one line on stderr and exit
+    status 1."""
+    args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
+    setup_logger()
+    return run_guarded(export_streaming_checkpoint, vars(args))
