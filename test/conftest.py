@@ -106,3 +106,41 @@ def adapter_run(corpus, base_run, tmp_path_factory):
                                     "--finetune-ckpt", str(base_run / "epoch-8.pt"),
                                     "--use-adapters", "1", "--adapter-dim", "8"))
     return exp
+
+
+@pytest.fixture(scope="session")
+def streaming_corpus(tmp_path_factory):
+    """The corpus with every utterance ending in 16-32 frames of log(1e-10), which is what
+    streaming pads utterances with: a model that streams must have heard it as silence."""
+    from corpus import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("streaming_corpus"), num_train=160,
+                       num_valid=16, quiet_tail=(16, 32))
+
+
+@pytest.fixture(scope="session")
+def causal_run(streaming_corpus, tmp_path_factory):
+    """exp dir of a causal base model (runs.CAUSAL_FLAGS) trained 6 epochs on domain A."""
+    from runs import BASE, CAUSAL_FLAGS, train_args
+
+    from icefall.cli.train import main
+
+    exp = tmp_path_factory.mktemp("causal")
+    main(BASE.train, train_args(streaming_corpus, exp, "a", 6, *CAUSAL_FLAGS))
+    return exp
+
+
+@pytest.fixture(scope="session")
+def causal_adapter_run(streaming_corpus, causal_run, tmp_path_factory):
+    """exp dir of adapters (dim 8) fine-tuned on domain B from causal_run's epoch-6.pt,
+    drawing chunk sizes as the base training did."""
+    from runs import ADAPTER, CAUSAL_FLAGS, train_args
+
+    from icefall.cli.train import main
+
+    exp = tmp_path_factory.mktemp("causal_adapt")
+    main(ADAPTER.train, train_args(streaming_corpus, exp, "b", 2, "--do-finetune", "1",
+                                    "--finetune-ckpt", str(causal_run / "epoch-6.pt"),
+                                    "--use-adapters", "1", "--adapter-dim", "8",
+                                    *CAUSAL_FLAGS))
+    return exp

@@ -35,6 +35,12 @@ def model_flags(adapter_dim: int | None = None) -> list[str]:
     return flags
 
 
+# A causal model (streaming tests): chunk sizes and left contexts drawn in training; it
+# streams with chunk 8 and 32 frames of left context (STREAM_FLAGS).
+CAUSAL_FLAGS = ["--causal", "1", "--chunk-size", "8,16", "--left-context-frames", "32,64"]
+STREAM_FLAGS = ["--causal", "1", "--chunk-size", "8", "--left-context-frames", "32"]
+
+
 def train_args(corpus, exp_dir: Path, domain: str = "a", epochs: int = 1,
                *extra: str) -> list[str]:
     """train.py flags for a short run on one domain of the corpus."""

@@ -1,12 +1,16 @@
-"""A causal model's encoder output never depends on frames of later chunks."""
+"""A causal model's encoder output never depends on frames of later chunks; chunk sizes are
+drawn in training, adapter training on a frozen causal base included."""
 
 from __future__ import annotations
+
+import copy
+import random
 
 import torch
 from conftest import tiny_params
 
 from icefall.utils import make_pad_mask
-from icefall.zipformer import get_model
+from icefall.zipformer import get_model, set_adapter_training
 
 
 def test_future_chunks_do_not_change_earlier_outputs():
@@ -58,3 +62,36 @@ def test_attention_mask_limits_left_context():
     t, s = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
     allowed = (s // 16 <= t // 16) & (s // 16 >= t // 16 - 2)
     assert torch.equal(~mask, allowed)
+
+
+def test_adapter_training_draws_chunk_sizes_while_the_base_stays_in_eval():
+    """Causal adapter training draws chunk size and left context per batch as the base
+    training does; the frozen model keeps its inference behaviour. Oracle: the same
+    forward in eval mode with the drawn configuration made the first one."""
+    torch.manual_seed(0)
+    chunks, lefts = "16,32,-1", "32,64"
+    model = get_model(tiny_params(causal=True, chunk_size=chunks, left_context_frames=lefts,
+                                  use_adapters=True))
+    set_adapter_training(model)
+    enc = model.encoder
+    assert not enc.training and enc.draw_chunk_sizes
+    seen = {enc.get_chunk_info() for _ in range(200)}
+    assert seen == {(16, 2), (16, 4), (32, 1), (32, 2), (-1, -1)}
+    x, x_lens = torch.randn(2, 150, 80), torch.tensor([150, 120])
+    outputs = set()
+    for seed in range(6):
+        random.seed(seed)
+        chunk = random.choice(enc.chunk_size)
+        left = random.choice(enc.left_context_frames) if chunk != -1 else -1
+        random.seed(seed)
+        with torch.no_grad():
+            got, _ = model.forward_encoder(x, x_lens)
+        reference = copy.deepcopy(model).eval()
+        reference.encoder.chunk_size, reference.encoder.left_context_frames = (chunk,), (left,)
+        with torch.no_grad():
+            want, _ = reference.forward_encoder(x, x_lens)
+        assert (got - want).abs().max() < 1e-5, (chunk, left)
+        outputs.add((chunk, left, round(float(got.sum()), 3)))
+    assert len({o[:2] for o in outputs}) >= 3 and len({o[2] for o in outputs}) >= 3
+    model.eval()  # validation and decoding: the first values again
+    assert not enc.draw_chunk_sizes and {enc.get_chunk_info() for _ in range(20)} == {(16, 2)}

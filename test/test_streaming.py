@@ -15,7 +15,8 @@
   window padded with LOG_EPS (the full forward sees zeros past the end of its input);
 - each stream of a batch equals the same stream alone (streams joining late, a masked
   short last chunk);
-- streaming greedy search equals offline greedy search on the streaming encoder output.
+- streaming greedy search and modified beam search equal the offline searches on the
+  streaming encoder output.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 import torch
 from conftest import tiny_params
 
-from icefall.decode.search import greedy_search_batch
+from icefall.decode.search import greedy_search_batch, modified_beam_search
 from icefall.decode.streaming import (
     FEATURE_RIGHT_CONTEXT,
     DecodeStream,
@@ -32,6 +33,7 @@ from icefall.decode.streaming import (
     stack_states,
     streaming_forward,
     streaming_greedy_search,
+    streaming_search,
     unstack_states,
 )
 from icefall.utils import make_pad_mask
@@ -338,3 +340,29 @@ def test_streaming_greedy_search_equals_offline_search_on_streamed_output():
     assert got == want
     assert all(5 <= len(w) < n for w, n in zip(want, frames))  # labels and blanks
     assert len({tuple(w) for w in want}) == 3
+
+
+def test_streaming_beam_search_equals_offline_search_on_streamed_output():
+    """Modified beam search carried from chunk to chunk (hypotheses stacked and split per
+    chunk, streams joining as others finish) gives what the offline search gives on each
+    stream's whole encoder output, for beams of 1 (greedy search) and 4."""
+    model = _causal_model()
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in model.joiner.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    penalty = -7.0
+    feats = [_features(T, seed=20 + i) for i, T in enumerate([100, 61, 140, 33])]
+    encs = [_stream_alone(model, f, CHUNK, LEFT)[None] for f in feats]  # (1, T'', C)
+    greedy = streaming_greedy_search(model, feats, num_decode_streams=3,
+                                     blank_penalty=penalty)
+    for beam in (1, 4):
+        got = streaming_search(model, feats, "modified_beam_search", beam_size=beam,
+                               num_decode_streams=3, blank_penalty=penalty)
+        want = [modified_beam_search(model, e, torch.tensor([e.shape[1]]), beam=beam,
+                                     blank_penalty=penalty)[0] for e in encs]
+        assert got == want, beam
+        if beam == 1:
+            assert got == greedy
+    assert all(len(w) >= 3 for w in want) and len({tuple(w) for w in want}) == 4
+    assert want != greedy  # the beam finds other hypotheses than greedy search

@@ -1,4 +1,5 @@
-"""decode.py, decode_gigaspeech.py and onnx_decode.py of both recipes: flags and ``main``.
+"""decode.py, decode_gigaspeech.py, streaming_decode.py and onnx_decode.py of both recipes:
+flags and ``main``.
 
 A recipe script names its defaults (folder, adapters on or off, test sets, whether
 GigaSpeech scoring applies) in a :class:`DecodeRecipe`; decoding itself is
@@ -28,6 +29,8 @@ from icefall.decode.recipe import (
     decode_onnx,
 )
 from icefall.decode.search import DECODING_METHODS
+from icefall.decode.streaming import STREAMING_METHODS
+from icefall.decode.streaming_recipe import decode_streaming_checkpoint
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,51 @@ def get_ctc_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
     return parser
 
 
+def add_streaming_arguments(parser: argparse.ArgumentParser, recipe: DecodeRecipe) -> None:
+    """icefall's streaming_decode.py flags (the chunk size and left context are the model
+    flags --chunk-size and --left-context-frames, one value each)."""
+    a = parser.add_argument
+    a("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
+      help="Path to the BPE model.")
+    a("--decoding-method", type=str, default="greedy_search", choices=STREAMING_METHODS,
+      help="Search, run chunk by chunk.")
+    a("--num-active-paths", "--num_active_paths", "--beam-size", dest="num_active_paths",
+      type=positive_int, default=4,
+      help="modified_beam_search: hypotheses kept per stream.")
+    a("--num-decode-streams", type=positive_int, default=2000,
+      help="Streams (utterances) decoded in parallel.")
+    a("--blank-penalty", type=finite_float, default=0.0, help="Subtracted from blank's logit.")
+    a("--label", type=str, default="", help="Extra label of the decoding run (in file names).")
+    a("--gigaspeech-scoring", type=str2bool, default=recipe.gigaspeech_scoring,
+      help="Normalise references and hypotheses as GigaSpeech scoring does.")
+
+
+def get_streaming_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
+    parser = ArgumentParser()
+    add_checkpoint_arguments(parser, recipe.exp_dir)
+    add_streaming_arguments(parser, recipe)
+    parser.add_argument("--test-sets", type=str, default=recipe.test_sets,
+                        help="Comma-separated NAME=MANIFEST pairs (manifests in "
+                             "--manifest-dir).")
+    parser.add_argument("--res-dir", type=Path, default=None,
+                        help="Where reports go; default "
+                             "<exp-dir>/streaming/<decoding-method>.")
+    add_model_arguments(parser)
+    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
+    add_dataloading_arguments(parser)
+    return parser
+
+
 def ctc_main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
     """ctc_decode.py; returns {test set: [(key, WER)]}."""
     args = get_ctc_parser(recipe).parse_args(argv)
     return run_guarded(decode_ctc_checkpoint, vars(args))
+
+
+def streaming_main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
+    """streaming_decode.py; returns {test set: [(key, WER)]}."""
+    args = get_streaming_parser(recipe).parse_args(argv)
+    return run_guarded(decode_streaming_checkpoint, vars(args))
 
 
 def get_onnx_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:

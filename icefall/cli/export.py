@@ -1,5 +1,6 @@
-"""export-onnx.py and export.py of both recipes: flags and ``main`` (the exports are
-:mod:`icefall.export.onnx` and :mod:`icefall.export.torchscript`)."""
+"""export-onnx.py, export-onnx-streaming.py, export-onnx-ctc.py and export.py of both
+recipes: flags and ``main`` (the exports are :mod:`icefall.export.onnx`,
+:mod:`icefall.export.onnx_streaming` and :mod:`icefall.export.torchscript`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from icefall.cli.model import (
     add_model_arguments,
 )
 from icefall.export.onnx import ExportedFiles, export_checkpoint
+from icefall.export.onnx_streaming import export_streaming_checkpoint
 from icefall.utils import setup_logger
 
 
@@ -22,7 +24,8 @@ def get_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentPar
     add_checkpoint_arguments(parser, exp_dir, epoch=28, avg=15)
     parser.add_argument("--tokens", type=Path, default=Path("data/lang_bpe_500/tokens.txt"),
                         help="Path to tokens.txt (copied into --exp-dir).")
-    parser.add_argument("--int8", type=str2bool, default=True,
+    parser.add_argument("--int8", "--enable-int8-quantization", dest="int8", type=str2bool,
+                        default=True,
                         help="Also write .int8.onnx (dynamic quantisation) files.")
     add_model_arguments(parser)
     add_adapter_arguments(parser, use_adapters_default=use_adapters_default)
@@ -81,3 +84,13 @@ def ctc_onnx_main(exp_dir: str, argv: list[str] | None = None) -> tuple[Path, Pa
     args = get_ctc_onnx_parser(exp_dir).parse_args(argv)
     setup_logger()
     return run_guarded(export_ctc_checkpoint, vars(args))
+
+
+def streaming_main(exp_dir: str, use_adapters_default: bool,
+                   argv: list[str] | None = None) -> ExportedFiles:
+    """export-onnx-streaming.py (the model flags --causal 1 and one --chunk-size and
+    --left-context-frames to stream with); bad input is one line on stderr and exit
+    status 1."""
+    args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
+    setup_logger()
+    return run_guarded(export_streaming_checkpoint, vars(args))

@@ -1,5 +1,6 @@
-"""onnx_pretrained.py of both recipes, and the ONNX model flags: with ONNX Runtime and
-numpy only (this module and what it imports never import torch)."""
+"""onnx_pretrained.py and onnx_pretrained-streaming.py of both recipes, and the ONNX model
+flags: with ONNX Runtime and numpy only (this module and what it imports never import
+torch)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from icefall.audio import SAMPLE_RATE
 from icefall.cli import run_guarded
-from icefall.cli.flags import ArgumentParser, finite_float, positive_int
+from icefall.cli.flags import ArgumentParser, finite_float, nonnegative_float, positive_int
 
 
 def add_onnx_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,3 +62,33 @@ def onnx_main(argv: list[str] | None = None) -> list[str]:
     args = get_onnx_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     return print_texts(args.sound_files, run_guarded(_onnx_transcribe, vars(args)))
+
+
+def get_onnx_streaming_parser() -> argparse.ArgumentParser:
+    from icefall.decode.onnx_streaming import TAIL_PADDING
+
+    parser = get_onnx_parser()
+    parser.add_argument("--tail-padding", type=nonnegative_float, default=TAIL_PADDING,
+                        help="Seconds of silence appended to each file, so that its last "
+                             "words fill a chunk (sherpa-onnx's examples append 0.66).")
+    return parser
+
+
+def _onnx_transcribe_streaming(params: dict[str, Any]) -> list[str]:
+    from icefall.audio import read_sound_file
+    from icefall.decode.onnx_streaming import load_onnx_streaming_model, transcribe_streaming
+
+    model, tokens = load_onnx_streaming_model(
+        params["encoder_model_filename"], params["decoder_model_filename"],
+        params["joiner_model_filename"], params["tokens"], params["num_threads"])
+    waves = [read_sound_file(p, params["sample_rate"]) for p in params["sound_files"]]
+    return transcribe_streaming(model, tokens, waves, params["sample_rate"],
+                                params["blank_penalty"], params["tail_padding"])
+
+
+def onnx_streaming_main(argv: list[str] | None = None) -> list[str]:
+    """onnx_pretrained-streaming.py: each file streamed chunk by chunk as sherpa-onnx's
+    online recognizer streams it; ONNX Runtime and numpy only."""
+    args = get_onnx_streaming_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    return print_texts(args.sound_files, run_guarded(_onnx_transcribe_streaming, vars(args)))

@@ -119,7 +119,37 @@ def _meta_int(sess: ort.InferenceSession, path: str | Path, key: str) -> int:
     return int(meta[key])
 
 
-class OnnxTransducer:
+class OnnxDecoderJoiner:
+    """Decoder and joiner sessions, the same files in offline and streaming exports.
+
+    Args:
+      decoder, joiner: the files the export scripts write (fp32 or int8).
+      num_threads: intra-op threads of each session.
+    Raises:
+      ValueError: naming the file that is missing, unreadable or not of this layout.
+    """
+
+    def __init__(self, decoder: str | Path, joiner: str | Path, num_threads: int = 1) -> None:
+        self.decoder = _session(decoder, num_threads)
+        _check_io(self.decoder, decoder, ["y"], ["decoder_out"])
+        self.joiner = _session(joiner, num_threads)
+        _check_io(self.joiner, joiner, ["encoder_out", "decoder_out"], ["logit"])
+        self.context_size = _meta_int(self.decoder, decoder, "context_size")
+        self.vocab_size = _meta_int(self.decoder, decoder, "vocab_size")
+        self.joiner_dim = _meta_int(self.joiner, joiner, "joiner_dim")
+        self.blank_id = BLANK_ID
+
+    def run_decoder(self, y: np.ndarray) -> np.ndarray:
+        """y: (N, K) int64 label contexts -> (N, J) projected decoder output."""
+        return self.decoder.run(None, {"y": y.astype(np.int64, copy=False)})[0]
+
+    def run_joiner(self, encoder_out: np.ndarray, decoder_out: np.ndarray) -> np.ndarray:
+        """(N, J) projected encoder frames and decoder outputs -> (N, V) logits."""
+        return self.joiner.run(None, {"encoder_out": encoder_out,
+                                      "decoder_out": decoder_out})[0]
+
+
+class OnnxTransducer(OnnxDecoderJoiner):
     """Encoder, decoder and joiner sessions of an offline zipformer2 transducer.
 
     Args:
@@ -133,30 +163,14 @@ class OnnxTransducer:
                  num_threads: int = 1) -> None:
         self.encoder = _session(encoder, num_threads)
         _check_io(self.encoder, encoder, ["x", "x_lens"], ["encoder_out", "encoder_out_lens"])
-        self.decoder = _session(decoder, num_threads)
-        _check_io(self.decoder, decoder, ["y"], ["decoder_out"])
-        self.joiner = _session(joiner, num_threads)
-        _check_io(self.joiner, joiner, ["encoder_out", "decoder_out"], ["logit"])
-        self.context_size = _meta_int(self.decoder, decoder, "context_size")
-        self.vocab_size = _meta_int(self.decoder, decoder, "vocab_size")
-        self.joiner_dim = _meta_int(self.joiner, joiner, "joiner_dim")
+        super().__init__(decoder, joiner, num_threads)
         self.encoder_meta = dict(self.encoder.get_modelmeta().custom_metadata_map)
-        self.blank_id = BLANK_ID
 
     def run_encoder(self, x: np.ndarray, x_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x: (N, T, F) float32; x_lens: (N,) int64 -> encoder_out (N, T', J), lens (N,)."""
         out, lens = self.encoder.run(None, {"x": x.astype(np.float32, copy=False),
                                             "x_lens": x_lens.astype(np.int64, copy=False)})
         return out, lens
-
-    def run_decoder(self, y: np.ndarray) -> np.ndarray:
-        """y: (N, K) int64 label contexts -> (N, J) projected decoder output."""
-        return self.decoder.run(None, {"y": y.astype(np.int64, copy=False)})[0]
-
-    def run_joiner(self, encoder_out: np.ndarray, decoder_out: np.ndarray) -> np.ndarray:
-        """(N, J) projected encoder frames and decoder outputs -> (N, V) logits."""
-        return self.joiner.run(None, {"encoder_out": encoder_out,
-                                      "decoder_out": decoder_out})[0]
 
 
 # ---------------------------------------------------------------------------

@@ -82,16 +82,27 @@ def decode_cuts(dl, decoder: BatchDecoder) -> tuple[list[Result], float]:
 def decode_test_sets(params: Mapping[str, Any], cuts: dict[str, CutSet],
                      decoder: BatchDecoder, res_dir: Path, key: str, suffix: str,
                      gigaspeech_scoring: bool) -> dict[str, list[tuple[str, float]]]:
-    """Decodes every test set of ``cuts`` and writes its reports to ``res_dir`` (stale
-    temporaries of a crashed run removed first); returns {test set: [(key, WER)]}."""
+    """Decodes every test set of ``cuts`` batch by batch (the data module's test
+    DataLoaders) and writes its reports (:func:`report_test_sets`)."""
+    dm = AsrDataModule({**params, "return_cuts": True})
+    return report_test_sets(cuts, lambda c: decode_cuts(dm.test_dataloaders(c), decoder),
+                            res_dir, key, suffix, gigaspeech_scoring)
+
+
+def report_test_sets(cuts: dict[str, CutSet],
+                     decode_set: Callable[[CutSet], tuple[list[Result], float]],
+                     res_dir: Path, key: str, suffix: str,
+                     gigaspeech_scoring: bool) -> dict[str, list[tuple[str, float]]]:
+    """Decodes every test set of ``cuts`` with ``decode_set`` (cuts -> results and audio
+    seconds) and writes its reports to ``res_dir`` (stale temporaries of a crashed run
+    removed first), logging each set's RTF; returns {test set: [(key, WER)]}."""
     Path(res_dir).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(res_dir)
     setup_logger(Path(res_dir) / f"log-decode-{suffix}")
-    dm = AsrDataModule({**params, "return_cuts": True})
     wers = {}
     for name, c in cuts.items():
         start = time.time()
-        results, duration = decode_cuts(dm.test_dataloaders(c), decoder)
+        results, duration = decode_set(c)
         elapsed = time.time() - start
         logging.info(f"{name}: {elapsed:.3f} s for {duration:.3f} s of audio, "
                      f"RTF {elapsed / max(duration, 1e-9):.4f}")

@@ -309,15 +309,19 @@ class _Beams:
     ys: (N, W, L) ids, the K context slots first, ``_PAD`` past ``lens``;
     lens: (N, W) used length of ys; scores: (N, W) total log-probability (plus the
     context bonuses earned so far, with context biasing);
-    times: (N, W, T) frame of each emitted token (first lens - K entries valid);
-    context: (N, W) context-graph state of each hypothesis, or None without biasing.
+    times: (N, W, T) frame of each emitted token (first lens - K entries valid), or None
+    when not wanted; context: (N, W) context-graph state of each hypothesis, or None
+    without biasing; offset: tokens a hypothesis may already hold before frame 0 (a
+    stream's earlier chunks, :mod:`icefall.decode.streaming_search`), so that after frame
+    t no hypothesis is longer than K + offset + t + 1.
     """
 
     ys: Tensor
     lens: Tensor
     scores: Tensor
-    times: Tensor
+    times: Tensor | None
     context: Tensor | None = None
+    offset: int = 0
 
     @staticmethod
     def initial(N: int, W: int, context: list[int], T: int, device: torch.device) -> _Beams:
@@ -401,18 +405,21 @@ def _beam_step(step: TransducerStep, beams: _Beams, enc_t: Tensor, t: int,
     top_scores, top_idx = cand.topk(W, dim=1)  # (A, W), sorted descending
     parent, tok = top_idx // V, top_idx % V
     emit = torch.isfinite(top_scores) & (tok != blank_id) & (tok != unk_id)
-    width = K + t + 1  # no hypothesis is longer than K + t + 1 after this frame
+    tokens = beams.offset + t + 1  # no hypothesis holds more tokens after this frame
+    width = K + tokens
     ys = beams.ys[:A, :, :width].gather(1, parent.unsqueeze(-1).expand(-1, -1, width))
-    times = beams.times[:A, :, :t + 1].gather(1, parent.unsqueeze(-1).expand(-1, -1, t + 1))
     lens = beams.lens[:A].gather(1, parent)
     ys.scatter_(2, lens.unsqueeze(-1), torch.where(emit, tok, _PAD).unsqueeze(-1))
-    times.scatter_(2, (lens - K).unsqueeze(-1), torch.full_like(lens, t).unsqueeze(-1))
+    if beams.times is not None:
+        times = beams.times[:A, :, :tokens].gather(
+            1, parent.unsqueeze(-1).expand(-1, -1, tokens))
+        times.scatter_(2, (lens - K).unsqueeze(-1), torch.full_like(lens, t).unsqueeze(-1))
+        beams.times[:A, :, :tokens] = times
     lens = lens + emit.to(lens.dtype)
     if tables is not None:
         top_scores = top_scores + _context_step(beams, tables, A, parent, tok, emit)
     beams.scores[:A] = _merge_duplicates(ys, top_scores)
     beams.ys[:A, :, :width] = ys
-    beams.times[:A, :, :t + 1] = times
     beams.lens[:A] = lens
 
 

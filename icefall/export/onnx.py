@@ -33,7 +33,7 @@ import io
 import logging
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,14 +253,21 @@ def quantize_int8(src: Path, dst: Path, op_types: list[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# Writes a model's encoder file: (model, path, metadata, opset) -> None.
+EncoderExport = Callable[[AsrModel, Path, Mapping[str, str], int], None]
+
+
 def export_transducer(model: AsrModel, out_dir: Path, tag: str,
                       encoder_meta: Mapping[str, str], int8: bool = True,
-                      opset: int = OPSET_VERSION, extra: Mapping[str, Path] | None = None
-                      ) -> ExportedFiles:
+                      opset: int = OPSET_VERSION, extra: Mapping[str, Path] | None = None,
+                      encoder_export: EncoderExport | None = None) -> ExportedFiles:
     """Writes encoder/decoder/joiner-<tag>.onnx (and .int8.onnx) into ``out_dir``, and
     copies each ``extra`` file (name in out_dir -> source), as one set: every file is
     written under a temporary name first and all are renamed only when all succeeded, so a
-    failed export (a full disk) never leaves new files beside old ones under one tag."""
+    failed export (a full disk) never leaves new files beside old ones under one tag.
+    ``encoder_export`` writes the encoder (default :func:`export_encoder`, the offline
+    one)."""
+    encoder_export = export_encoder if encoder_export is None else encoder_export
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -269,7 +276,7 @@ def export_transducer(model: AsrModel, out_dir: Path, tag: str,
     with StagedFiles() as staged:
         tmp = {k: staged.stage(p) for k, p in paths.items()}
         logging.info(f"Exporting encoder to {paths['encoder']}")
-        export_encoder(model, tmp["encoder"], encoder_meta, opset)
+        encoder_export(model, tmp["encoder"], encoder_meta, opset)
         logging.info(f"Exporting decoder to {paths['decoder']}")
         export_decoder(model, tmp["decoder"], opset)
         logging.info(f"Exporting joiner to {paths['joiner']}")
@@ -295,23 +302,28 @@ def export_tag(params: Mapping[str, Any]) -> str:
     return f"{base}-avg-{params['avg']}"
 
 
-def export_checkpoint(params: Mapping[str, Any]) -> ExportedFiles:
+def export_checkpoint(params: Mapping[str, Any], encoder_export: EncoderExport | None = None,
+                      metadata: Callable[[Mapping[str, Any], AsrModel], dict[str, str]]
+                      = encoder_metadata, tag_suffix: str = "") -> ExportedFiles:
     """export-onnx.py: exports the model chosen by the checkpoint flags in ``params``
     (``exp_dir``, ``epoch``/``iter``, ``avg``, ``use_averaged_model``, the model flags,
-    ``tokens``, ``int8``); returns the files written."""
+    ``tokens``, ``int8``); returns the files written. ``encoder_export``, ``metadata``
+    (the encoder's) and ``tag_suffix`` (after icefall's tag) make other exports of the
+    same set of files (:mod:`icefall.export.onnx_streaming`)."""
     params = dict(params)
     set_dims_from_tokens(params, params["tokens"])
     model, source = load_export_model(params)
     logging.info(f"Exporting {source}")
-    encoder_meta = {**encoder_metadata(params, model), "checkpoint": checkpoint_suffix(params)}
-    tag = export_tag(params)
+    encoder_meta = {**metadata(params, model), "checkpoint": checkpoint_suffix(params)}
+    tag = export_tag(params) + tag_suffix
     exp_dir = Path(params["exp_dir"])
     tokens = Path(params["tokens"])
     same = (exp_dir / "tokens.txt").exists() and \
         (exp_dir / "tokens.txt").resolve() == tokens.resolve()
     with torch.no_grad():
         files = export_transducer(model, exp_dir, tag, encoder_meta, int8=params["int8"],
-                                  extra={} if same else {"tokens.txt": tokens})
+                                  extra={} if same else {"tokens.txt": tokens},
+                                  encoder_export=encoder_export)
     logging.info(f"Wrote {files.encoder.name}, {files.decoder.name}, {files.joiner.name}"
                  f"{' and their .int8.onnx versions' if params['int8'] else ''} and "
                  f"tokens.txt to {exp_dir}")

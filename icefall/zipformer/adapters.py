@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from icefall.zipformer.encoder import Zipformer2
 from icefall.zipformer.layer import ADAPTER_SLOTS, Zipformer2EncoderLayer
 from icefall.zipformer.lora import lora_modules, lora_parameters, lora_unmerged
 from icefall.zipformer.scaling import SwooshL
@@ -158,14 +159,20 @@ def set_adapter_training(model: nn.Module, mode: bool = True) -> nn.Module:
     mode.
 
     Frozen modules then behave as at inference: no dropout, no layer skipping, no
-    training-time regularisers, and the first chunk size of a causal model. LoRA layers
-    in train mode keep their update unmerged (it is what trains).
+    training-time regularisers. A causal encoder still draws its chunk size and left
+    context per batch from its lists while ``mode`` is true, as the base model's training
+    did, so that the adapters learn every chunk configuration the model streams with
+    (``model.eval()`` returns it to the first values). LoRA layers in train mode keep
+    their update unmerged (it is what trains).
     """
     model.eval()
     for _, adapter in iter_adapters(model):
         adapter.train(mode)
     for layer in lora_modules(model):
         layer.train(mode)
+    for module in model.modules():
+        if isinstance(module, Zipformer2):
+            module.draw_chunk_sizes = mode
     return model
 
 

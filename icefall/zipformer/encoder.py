@@ -206,7 +206,10 @@ class Zipformer2(nn.Module):
     Per-stack arguments take one value for all stacks or one per stack; the number of
     stacks is ``len(downsampling_factor)``. A causal model attends within chunks of
     ``chunk_size`` frames plus ``left_context_frames`` of history; in training both are
-    drawn at random from their lists, in eval the first values are used.
+    drawn at random from their lists, in eval the first values are used. Setting
+    ``draw_chunk_sizes`` draws them in eval mode too (adapter training on a frozen causal
+    base, :func:`icefall.zipformer.adapters.set_adapter_training`); ``train()`` and
+    ``eval()`` clear it.
     """
 
     def __init__(self, output_downsampling_factor: int = 2,
@@ -239,6 +242,7 @@ class Zipformer2(nn.Module):
         self.causal = causal
         self.chunk_size = tuple(chunk_size)
         self.left_context_frames = tuple(left_context_frames)
+        self.draw_chunk_sizes = False
         dims = dict(query_head_dim=_per_stack(query_head_dim, "query_head_dim", n),
                     pos_head_dim=_per_stack(pos_head_dim, "pos_head_dim", n),
                     value_head_dim=_per_stack(value_head_dim, "value_head_dim", n),
@@ -307,11 +311,19 @@ class Zipformer2(nn.Module):
             masks.append(m)
         return masks
 
+    def train(self, mode: bool = True) -> Zipformer2:
+        """nn.Module.train, which also clears ``draw_chunk_sizes``."""
+        super().train(mode)
+        self.draw_chunk_sizes = False
+        return self
+
     def get_chunk_info(self) -> tuple[int, int]:
-        """(chunk_size, left_context_chunks); (-1, -1) for full attention."""
+        """(chunk_size, left_context_chunks), drawn per call in training (or with
+        ``draw_chunk_sizes``), the first values otherwise; (-1, -1) for full attention."""
         if not self.causal:
             return -1, -1
-        pick = random.choice if self.training else (lambda v: v[0])
+        draw = self.training or self.draw_chunk_sizes
+        pick = random.choice if draw else (lambda v: v[0])
         chunk_size = pick(self.chunk_size)
         if chunk_size == -1:
             return -1, -1
