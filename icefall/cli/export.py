@@ -12,6 +12,7 @@ from icefall.cli.model import (
     add_adapter_arguments,
     add_checkpoint_arguments,
     add_model_arguments,
+    given_flags,
 )
 from icefall.export.onnx import ExportedFiles, export_checkpoint
 from icefall.utils import setup_logger
@@ -32,6 +33,8 @@ def get_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentPar
 def main(exp_dir: str, use_adapters_default: bool,
          argv: list[str] | None = None) -> ExportedFiles:
     """export-onnx.py; bad input is one line on stderr and exit status 1."""
-    args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
+    parser = get_parser(exp_dir, use_adapters_default)
+    params = vars(parser.parse_args(argv))
+    params["given_flags"] = given_flags(parser, argv)
     setup_logger()
-    return run_guarded(export_checkpoint, vars(args))
+    return run_guarded(export_checkpoint, params)

@@ -10,7 +10,7 @@ from pathlib import Path
 from icefall.audio import SAMPLE_RATE
 from icefall.cli import run_guarded
 from icefall.cli.flags import ArgumentParser, positive_int, str2bool
-from icefall.cli.model import add_adapter_arguments, add_model_arguments
+from icefall.cli.model import add_adapter_arguments, add_model_arguments, given_flags
 from icefall.cli.onnx import print_texts
 from icefall.decode.search import DECODING_METHODS
 
@@ -39,6 +39,8 @@ def main(use_adapters_default: bool, argv: list[str] | None = None) -> list[str]
     """pretrained.py; bad input is one line on stderr and exit status 1."""
     from icefall.decode.transcribe import transcribe_files
 
-    args = get_parser(use_adapters_default).parse_args(argv)
+    parser = get_parser(use_adapters_default)
+    args = parser.parse_args(argv)
+    params = {**vars(args), "given_flags": given_flags(parser, argv)}
     logging.basicConfig(level=logging.WARNING)
-    return print_texts(args.sound_files, run_guarded(transcribe_files, vars(args)))
+    return print_texts(args.sound_files, run_guarded(transcribe_files, params))

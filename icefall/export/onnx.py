@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from icefall.files import StagedFiles, atomic_write_bytes, temporary_path
 from icefall.inference import (
+    apply_checkpoint_config,
     checkpoint_suffix,
     model_from_state,
     select_state_dict,
@@ -228,8 +229,13 @@ def quantize_int8(src: Path, dst: Path, op_types: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = temporary_path(dst)  # keeps the .onnx suffix
-    quiet = _DropPreprocessingAdvice()
-    logging.getLogger().addFilter(quiet)
+    root = logging.getLogger()
+    quiet, level = _DropPreprocessingAdvice(), root.level
+    root.addFilter(quiet)
+    # ONNX Runtime's quantiser logs a line per tensor it leaves alone ("Quantization
+    # parameters for tensor ... not specified", "Ignore MatMul due to non constant B") on
+    # the root logger: only its warnings are kept.
+    root.setLevel(max(level, logging.WARNING))
     try:
         quantize_dynamic(model_input=str(src), model_output=str(tmp),
                          op_types_to_quantize=op_types, weight_type=QuantType.QInt8)
@@ -238,7 +244,8 @@ def quantize_int8(src: Path, dst: Path, op_types: list[str]) -> None:
                 .metadata_props}
         save_with_metadata(proto, dst, meta)
     finally:
-        logging.getLogger().removeFilter(quiet)
+        root.setLevel(level)
+        root.removeFilter(quiet)
         tmp.unlink(missing_ok=True)
 
 
@@ -303,11 +310,15 @@ def set_dims_from_tokens(params: dict[str, Any], tokens_path: Path) -> list[str]
     return tokens
 
 
-def load_export_model(params: Mapping[str, Any]) -> tuple[AsrModel, str]:
-    """The checkpoint model chosen by the flags, in eval mode on the CPU; with
-    ``use_adapters`` false any adapters are removed (the base model's graph)."""
+def load_export_model(params: dict[str, Any]) -> tuple[AsrModel, str]:
+    """The checkpoint model chosen by the flags, in eval mode on the CPU (model flags not
+    given come from the checkpoint); with ``use_adapters`` false any adapters are removed
+    (the base model's graph)."""
+    stored, note = apply_checkpoint_config(params)
+    if note:
+        logging.info(note)
     state, source = select_state_dict(params)
-    model = model_from_state(params, state, source)
+    model = model_from_state(params, state, source, stored)
     if not params["use_adapters"]:
         removed = remove_adapters(model)
         if removed:
