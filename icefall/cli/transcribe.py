@@ -24,7 +24,8 @@ def get_parser(use_adapters_default: bool) -> argparse.ArgumentParser:
     a("--method", type=str, default="greedy_search", choices=DECODING_METHODS,
       help="Decoding method.")
     a("--sample-rate", type=positive_int, default=SAMPLE_RATE,
-      help="Sample rate of the model's features.")
+      help="Sample rate of the model's features; sound files at other rates are resampled "
+           "to it.")
     a("--beam-size", type=positive_int, default=4, help="Beam size of (modified) beam search.")
     a("--max-sym-per-frame", type=positive_int, default=1, help="greedy_search: symbols per frame.")
     a("--trust-checkpoint", type=str2bool, default=False,
