@@ -29,9 +29,13 @@ STAGES = ["prepare", "features", "train_adapter", "decode_base", "decode_adapter
 
 
 def _run_args(data: dict, exp: Path) -> list[str]:
-    return ["--train-csv", str(data["train"]), "--test-csv", str(data["test"]),
-            "--finetune-ckpt", str(data["base"]), "--bpe-model", str(data["bpe"]),
-            "--exp-dir", str(exp), "--num-epochs", "2", "--max-duration", "8",
+    """run.sh's arguments, the user's files relative to their folder (run from there)."""
+    def rel(key: str) -> str:
+        return str(data[key].relative_to(data["root"]))
+
+    return ["--train-csv", rel("train"), "--test-csv", rel("test"),
+            "--finetune-ckpt", rel("base"), "--bpe-model", rel("bpe"), "--exp-dir", str(exp),
+            "--num-epochs", "2", "--max-duration", "8",
             "--decode-max-duration", "30", "--adapter-dim", "8", "--num-jobs", "1",
             "--train-flags", "--num-workers 0 --tensorboard 0 --enable-spec-aug 0"]
 
@@ -147,7 +151,8 @@ def test_the_report_fails_without_results(custom_run, user_data, tmp_path):
 
     def report() -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(RUN), *_run_args(user_data, exp), "--stage", "6"],
-                              env=env, capture_output=True, text=True, timeout=60)
+                              env=env, cwd=user_data["root"], capture_output=True, text=True,
+                              timeout=60)
 
     proc = report()
     assert proc.returncode == 1 and "prepare.json not found" in proc.stderr
