@@ -11,7 +11,7 @@ import errno
 import logging
 import math
 import socket
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +99,16 @@ def check_port_free(port: int) -> None:
 
 def training_data_stats(params: Mapping[str, Any], sp) -> tuple[float, UnkStats]:
     """(seconds of audio, ``<unk>`` counts) of the --train-cuts manifests, read once."""
-    seconds, texts = 0.0, []
-    for name in (n.strip() for n in params["train_cuts"].split(",") if n.strip()):
-        for cut in load_cuts(Path(params["manifest_dir"]) / name):
-            seconds += cut.duration
-            texts.extend((cut.id, s.text or "") for s in cut.supervisions)
-    return seconds, unk_stats(sp, texts)
+    seconds = [0.0]
+
+    def texts() -> Iterator[tuple[str, str]]:  # streamed: a large corpus is never held
+        for name in (n.strip() for n in params["train_cuts"].split(",") if n.strip()):
+            for cut in load_cuts(Path(params["manifest_dir"]) / name):
+                seconds[0] += cut.duration
+                yield from ((cut.id, s.text or "") for s in cut.supervisions)
+
+    stats = unk_stats(sp, texts())
+    return seconds[0], stats
 
 
 def check_unk(params: Mapping[str, Any], stats: UnkStats) -> None:
