@@ -1,6 +1,7 @@
 """A user's data as the custom recipe (egs/custom/ASR) takes it, generated for the tests:
-sound files (numpy tones and noise) with transcripts in a CSV, including the bad rows a
-real folder has, a BPE model of the words, and a base checkpoint to fine-tune.
+sound files (numpy tones and noise) with transcripts in a CSV or in same-named .txt files
+of a folder, including the bad rows real data has, a BPE model of the words, and a base
+checkpoint to fine-tune.
 
 Every utterance is its words in sequence, each word a fixed chord of three tones (seeded)
 over a little noise, so different texts sound different.
@@ -44,19 +45,40 @@ def _write(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Non
     sf.write(str(path), data, rate)
 
 
+def _utterances(root: Path, folder: str, name: str, num: int, seed: int
+                ) -> list[tuple[str, str, str]]:
+    """Writes ``num`` utterances to ``root/<folder>/<name>-<i>.wav``: the first in
+    44.1 kHz stereo, the second at 8 kHz (both converted by the recipe), the rest 16 kHz
+    mono. Returns (id, path relative to root, raw text) of each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(num):
+        words = list(rng.choice(WORDS, size=int(rng.integers(3, 6))))
+        rate, channels = {0: (44100, 2), 1: (8000, 1)}.get(i, (16000, 1))
+        rel = f"{folder}/{name}-{i:03d}.wav"
+        _write(root / rel, utterance(rng, words, rate), rate, channels)
+        text = " ".join(words).capitalize() + ("!" if i % 2 else ".")  # normalised later
+        out.append((f"{name}-{i:03d}", rel, text))
+    return out
+
+
+def make_folder(root: Path, name: str, num: int, seed: int) -> Path:
+    """``root/<name>/``: sound files with same-named .txt transcripts, and one sound file
+    without a transcript (a bad row)."""
+    for _, rel, text in _utterances(root, name, name, num, seed):
+        (root / rel).with_suffix(".txt").write_text(text + "\n")
+    _write(root / name / "orphan.wav", utterance(np.random.default_rng(0), WORDS[:3], 16000),
+           16000)
+    return root / name
+
+
 def make_csv(root: Path, name: str, num: int, seed: int, bad_rows: bool) -> Path:
     """``root/<name>.csv`` (columns id, path, text, speaker; paths relative to the CSV)
     and its audio under ``root/audio/<name>/``: one file in 44.1 kHz stereo and one in
     8 kHz (both converted by the recipe); with ``bad_rows``, the rows of BAD_ROWS."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(num):
-        words = list(rng.choice(WORDS, size=int(rng.integers(3, 6))))
-        rate, channels = {0: (44100, 2), 1: (8000, 1)}.get(i, (16000, 1))
-        rel = f"audio/{name}/{name}-{i:03d}.wav"
-        _write(root / rel, utterance(rng, words, rate), rate, channels)
-        text = " ".join(words).capitalize() + ("!" if i % 2 else ".")  # normalised later
-        rows.append((f"{name}-{i:03d}", rel, text, f"spk{i % 3}"))
+    rows = [(utt, rel, text, f"spk{i % 3}") for i, (utt, rel, text) in
+            enumerate(_utterances(root, f"audio/{name}", name, num, seed))]
+    rng = np.random.default_rng(seed + 1)
     if bad_rows:
         (root / "audio" / "broken.wav").write_bytes(b"RIFF-not-a-wave")
         _write(root / "audio" / "long.wav", utterance(rng, WORDS * 9, 16000), 16000)

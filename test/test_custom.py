@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ROOT, TRAIN_MODEL
-from custom_data import BAD_ROWS, make_base_checkpoint, make_bpe, make_csv
+from custom_data import BAD_ROWS, make_base_checkpoint, make_bpe, make_csv, make_folder
 
 from icefall.checkpoint import load_checkpoint_file
 from icefall.data.user_check import check_rows, convert_audio, split_held_out
@@ -45,7 +45,7 @@ def user_data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("user")
     bpe = make_bpe(root)
     return {"root": root, "bpe": bpe, "train": make_csv(root, "mytrain", 16, 1, True),
-            "test": make_csv(root, "mytest", 4, 2, False),
+            "test": make_folder(root, "mytest", 4, 2),
             "base": make_base_checkpoint(root / "base.pt", bpe, TRAIN_MODEL)}
 
 
@@ -89,13 +89,17 @@ def test_bad_rows_are_listed_and_left_out_and_odd_audio_converted(custom_run):
     exp, proc, _ = custom_run
     sets = json.loads((exp / "report.json").read_text())["data"]
     assert sets["train"]["utterances"] == 16 and sets["train"]["bad_rows"] == len(BAD_ROWS)
-    assert sets["test"]["utterances"] == 4 and sets["test"]["bad_rows"] == 0
+    assert sets["test"]["utterances"] == 4 and sets["test"]["bad_rows"] == 1
     assert sets["train"]["converted_files"] == 2 and sets["test"]["converted_files"] == 2
+    assert (sets["train"]["kind"], sets["test"]["kind"]) == ("table", "folder")
     rows = [ln.split("\t") for ln in (exp / "data" / "bad_rows.tsv").read_text().splitlines()]
-    assert {r[1]: r[3] for r in rows[1:]}.keys() == BAD_ROWS.keys()
-    for row in rows[1:]:
-        assert row[3].startswith(BAD_ROWS[row[1]]), row
-    assert "4 bad rows" in proc.stdout + proc.stderr
+    train_bad = {r[1]: r[3] for r in rows[1:] if r[0] == "train"}
+    assert train_bad.keys() == BAD_ROWS.keys()
+    for utt, reason in train_bad.items():
+        assert reason.startswith(BAD_ROWS[utt]), (utt, reason)
+    assert [r[1:] for r in rows[1:] if r[0] == "test"] == [
+        ["orphan", "orphan.wav", "no transcript orphan.txt beside it"]]
+    assert "mytrain: 4 bad rows" in proc.stderr and "mytest: 1 bad row:" in proc.stderr
     for f in (exp / "data" / "audio").rglob("*.wav"):
         info = sf.info(str(f))
         assert (info.samplerate, info.channels) == (16000, 1), f
