@@ -26,6 +26,9 @@ setup(
         "onnxruntime>=1.18",
         "kaldi-native-fbank>=1.20",
         "soundfile>=0.12",
+        # resampling (lhotse's Recording.resample uses it when torchaudio is absent;
+        # icefall.audio for pretrained.py and onnx_pretrained.py)
+        "scipy>=1.10",
         "tensorboard>=2.14",
         "numpy>=1.24",
     ],

@@ -9,8 +9,9 @@ parameters under those prefixes. With adapters, every other parameter is frozen.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -21,6 +22,7 @@ from icefall.checkpoint import (
     model_state_from,
     strip_ddp_prefix,
 )
+from icefall.model_config import check_fits_flags, stored_model_config
 from icefall.zipformer.adapters import (
     adapter_parameter_names,
     count_parameters,
@@ -50,9 +52,12 @@ def _select_modules(model: nn.Module, state: dict[str, Tensor], modules: Sequenc
 
 
 def finetune_state(model: nn.Module, filename: str | Path, init_modules: str | None = None,
-                   allow_unsafe: bool = False) -> dict[str, Tensor]:
+                   allow_unsafe: bool = False, params: Mapping[str, Any] | None = None
+                   ) -> dict[str, Tensor]:
     """The entries of ``filename`` that fine-tuning loads into ``model``, checked to fit.
 
+    Args:
+      params: the model flags; given, a mismatch also names the flags that would fit.
     Raises:
       CheckpointError: naming the file and the first missing, unexpected or mis-shaped key.
     """
@@ -64,7 +69,11 @@ def finetune_state(model: nn.Module, filename: str | Path, init_modules: str | N
         logging.info(f"Loading parameters under {modules}")
         state, untouched = _select_modules(model, state, modules, filename)
         allowed_missing |= untouched
-    check_state_dict_fits(model, state, filename, allowed_missing)
+    if params is None:
+        check_state_dict_fits(model, state, filename, allowed_missing)
+    else:
+        check_fits_flags(model, state, filename, params, stored_model_config(data),
+                         allowed_missing)
     return state
 
 

@@ -6,6 +6,9 @@ icefall's flags: ``--epoch E --avg N`` averages ``epoch-(E-N+1) .. epoch-E.pt``;
 model averaged over every batch between them (``epoch-(E-N).pt`` and ``epoch-E.pt``,
 or the newest and the (N+1)-th newest ``checkpoint-*.pt``).
 
+Model flags not given on the command line are taken from the configuration the newest
+chosen checkpoint stores (:mod:`icefall.model_config`); icefall's files store none.
+
 ``--use-adapters 0`` with a checkpoint that has adapters keeps them loaded but switched
 off, which computes exactly the base model; ``--use-adapters 1`` with a checkpoint
 without adapters is an error.
@@ -25,11 +28,16 @@ from icefall.checkpoint import (
     CheckpointError,
     average_checkpoints,
     average_checkpoints_with_averaged_model,
-    check_state_dict_fits,
     find_checkpoints,
     load_checkpoint_file,
     model_state_from,
     strip_ddp_prefix,
+)
+from icefall.model_config import (
+    MODEL_KEYS,
+    apply_model_config,
+    check_fits_flags,
+    read_model_config,
 )
 from icefall.zipformer import (
     adapter_parameter_names,
@@ -99,8 +107,13 @@ def select_state_dict(params: Mapping[str, Any]) -> tuple[dict[str, Tensor], str
 
 
 def model_from_state(params: Mapping[str, Any], state: Mapping[str, Tensor],
-                     source: str) -> AsrModel:
-    """Builds the model of the flags around ``state`` (see the module docstring)."""
+                     source: str, stored: Mapping[str, Any] | None = None) -> AsrModel:
+    """Builds the model of the flags around ``state`` (see the module docstring).
+
+    Args:
+      stored: the checkpoint's stored model configuration, for the error that names the
+        flags that would fit (None: they are inferred from the weights).
+    """
     cfg = dict(params)
     cfg["use_adapters"] = True
     with torch.device("meta"):
@@ -111,27 +124,70 @@ def model_from_state(params: Mapping[str, Any], state: Mapping[str, Tensor],
                               "--use-adapters 0")
     cfg["use_adapters"] = has_adapters
     model = get_model(cfg)
-    check_state_dict_fits(model, state, source)
+    check_fits_flags(model, state, source, cfg, stored)
     model.load_state_dict(state)
     set_adapters_enabled(model, bool(params["use_adapters"]))
     return model
 
 
-def load_model(params: Mapping[str, Any], device: torch.device | str = "cpu") -> AsrModel:
-    """The model chosen by the checkpoint flags, in eval mode on ``device``."""
+def newest_checkpoint(params: Mapping[str, Any]) -> Path:
+    """The newest file the checkpoint flags choose: ``epoch-E.pt``, or with ``--iter`` the
+    newest ``checkpoint-B.pt`` up to B (which may not exist)."""
+    exp_dir = Path(params["exp_dir"])
+    if params["iter"] > 0:
+        found = find_checkpoints(exp_dir, params["iter"])
+        return found[0] if found else exp_dir / f"checkpoint-{params['iter']}.pt"
+    return exp_dir / f"epoch-{params['epoch']}.pt"
+
+
+def apply_checkpoint_config(params: dict[str, Any]
+                            ) -> tuple[dict[str, Any] | None, str | None]:
+    """Takes the model flags not given on the command line from the newest chosen
+    checkpoint's stored configuration (see :mod:`icefall.model_config`).
+
+    Returns:
+      The stored configuration (None when there is none) and a line for the log naming
+      the flags taken (None when none were).
+    """
+    path = newest_checkpoint(params)
+    if not path.is_file():
+        return None, None  # select_state_dict names what is missing
+    stored = read_model_config(path, params["trust_checkpoint"])
+    return stored, apply_model_config(params, stored, MODEL_KEYS, path)
+
+
+def load_model_with_notes(params: dict[str, Any], device: torch.device | str = "cpu"
+                          ) -> tuple[AsrModel, list[str]]:
+    """The model chosen by the checkpoint flags, in eval mode on ``device`` (model flags
+    not given on the command line come from the checkpoint: ``params`` is updated), and
+    the lines for the log that say so, for a caller whose log is not set up yet."""
+    stored, note = apply_checkpoint_config(params)
     state, source = select_state_dict(params)
-    model = model_from_state(params, state, source)
+    model = model_from_state(params, state, source, stored)
     adapters = "on" if params["use_adapters"] else "off (or absent)"
-    logging.info(f"Using {source}; adapters {adapters}; "
+    notes = [note] if note else []
+    notes.append(f"Using {source}; adapters {adapters}; "
                  f"{sum(p.numel() for p in model.parameters())} parameters")
-    return model.to(device).eval()
+    return model.to(device).eval(), notes
 
 
-def load_export_model(params: Mapping[str, Any]) -> tuple[AsrModel, str]:
-    """The checkpoint model chosen by the flags, in eval mode on the CPU; with
-    ``use_adapters`` false any adapters are removed (the base model's graph)."""
+def load_model(params: dict[str, Any], device: torch.device | str = "cpu") -> AsrModel:
+    """:func:`load_model_with_notes`, its lines logged now."""
+    model, notes = load_model_with_notes(params, device)
+    for line in notes:
+        logging.info(line)
+    return model
+
+
+def load_export_model(params: dict[str, Any]) -> tuple[AsrModel, str]:
+    """The checkpoint model chosen by the flags, in eval mode on the CPU (model flags not
+    given come from the checkpoint: ``params`` is updated); with ``use_adapters`` false any
+    adapters are removed (the base model's graph)."""
+    stored, note = apply_checkpoint_config(params)
+    if note:
+        logging.info(note)
     state, source = select_state_dict(params)
-    model = model_from_state(params, state, source)
+    model = model_from_state(params, state, source, stored)
     if not params["use_adapters"]:
         removed = remove_adapters(model)
         if removed:

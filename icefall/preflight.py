@@ -1,18 +1,22 @@
 """What training checks before any process starts, so that bad input is one clear line and
 nothing on disk is lost: every manifest line, the exp-dir (a different run there is never
-overwritten by accident), a resume that would change the data, the DDP port.
+overwritten by accident), a resume that would change the data, the DDP port; and what it
+tells about the data: the share of ``<unk>`` tokens in the training transcripts (stopping
+above --max-unk-share) and whether the schedule's warm-ups fit the run's length.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from icefall.data.manifests import check_manifest, find_manifest
+from icefall.data.manifests import check_manifest, find_manifest, load_cuts
+from icefall.data.tokenizer import UnkStats, check_unk_share, unk_stats
 from icefall.data.validation import validate_manifest
 
 # Flags that decide which batches a run sees: a mid-epoch resume that changes them would
@@ -91,3 +95,58 @@ def check_port_free(port: int) -> None:
                 raise OSError(f"--master-port {port} is already in use; choose another "
                               "port") from e
             raise
+
+
+def training_data_stats(params: Mapping[str, Any], sp) -> tuple[float, UnkStats]:
+    """(seconds of audio, ``<unk>`` counts) of the --train-cuts manifests, read once."""
+    seconds = [0.0]
+
+    def texts() -> Iterator[tuple[str, str]]:  # streamed: a large corpus is never held
+        for name in (n.strip() for n in params["train_cuts"].split(",") if n.strip()):
+            for cut in load_cuts(Path(params["manifest_dir"]) / name):
+                seconds[0] += cut.duration
+                yield from ((cut.id, s.text or "") for s in cut.supervisions)
+
+    stats = unk_stats(sp, texts())
+    return seconds[0], stats
+
+
+def check_unk(params: Mapping[str, Any], stats: UnkStats) -> None:
+    """Raises ValueError (naming the first offending utterances) when more than
+    --max-unk-share of the training transcripts' BPE tokens are ``<unk>``."""
+    check_unk_share(stats, params["max_unk_share"], f"--train-cuts {params['train_cuts']}")
+
+
+def log_unk(params: Mapping[str, Any], stats: UnkStats) -> None:
+    """Logs the share of ``<unk>`` tokens in the training transcripts."""
+    logging.info(stats.describe(f"--train-cuts {params['train_cuts']}"))
+
+
+def planned_batches(params: Mapping[str, Any], seconds: float) -> int:
+    """About how many batches the whole run has: each epoch's audio in batches of
+    --max-duration seconds on each of --world-size ranks (the sampler's partly filled
+    batches make a few more)."""
+    per_epoch = math.ceil(seconds / (params["max_duration"] * params["world_size"]))
+    return max(1, per_epoch) * params["num_epochs"]
+
+
+def fit_schedule(params: MutableMapping[str, Any], seconds: float) -> None:
+    """Makes a short run leave its warm-ups: with --scale-schedule 1, --lr-warmup-batches
+    and --warm-step are lowered to a tenth and a quarter of the run's batches; otherwise a
+    run that would end inside them gets a warning naming the flags and the batch count."""
+    total = planned_batches(params, seconds)
+    limits = {"lr_warmup_batches": max(1, total // 10), "warm_step": max(1, total // 4)}
+    if params.get("scale_schedule"):
+        for key, limit in limits.items():
+            if params[key] > limit:
+                logging.info(f"--scale-schedule 1: --{key.replace('_', '-')} {params[key]:g} "
+                             f"-> {limit} (the run has about {total} batches)")
+                params[key] = type(params[key])(limit)
+        return
+    long = [f"--{k.replace('_', '-')} {params[k]:g}" for k in limits if params[k] >= total]
+    if long:
+        logging.warning(f"The run has about {total} batches ({seconds / 3600:.2f} h of audio, "
+                        f"--num-epochs {params['num_epochs']}, --max-duration "
+                        f"{params['max_duration']:g}), no more than {' and '.join(long)}: it "
+                        "would end in warm-up (learning rate below its full value, pruned loss "
+                        "not at full weight). Lower those flags, or pass --scale-schedule 1")

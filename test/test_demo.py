@@ -36,12 +36,14 @@ def _demo_args() -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A copy of egs/synth/ASR (beside the real egs/librispeech) after a whole run."""
+    """A copy of egs/synth/ASR (beside the real egs/librispeech and egs/shared) after a
+    whole run."""
     root = tmp_path_factory.mktemp("demo")
     recipe = root / "egs" / "synth" / "ASR"
     shutil.copytree(ROOT / "egs" / "synth" / "ASR", recipe,
                     ignore=shutil.ignore_patterns("data", "exp*", "__pycache__"))
-    (root / "egs" / "librispeech").symlink_to(ROOT / "egs" / "librispeech")
+    for shared in ("librispeech", "shared"):
+        (root / "egs" / shared).symlink_to(ROOT / "egs" / shared)
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="2")
     proc = subprocess.run(["bash", str(recipe / "run.sh"), *_demo_args()], env=env,
                           capture_output=True, text=True, timeout=600)

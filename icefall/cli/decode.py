@@ -9,6 +9,7 @@ GigaSpeech scoring applies) in a :class:`DecodeRecipe`; decoding itself is
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from icefall.cli.model import (
     add_adapter_arguments,
     add_checkpoint_arguments,
     add_model_arguments,
+    given_flags,
+    parse_with_given_flags,
 )
 from icefall.cli.onnx import add_onnx_model_arguments
 from icefall.decode.recipe import (
@@ -83,11 +86,24 @@ def get_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
     return parser
 
 
+def print_wers(wers: Mapping[str, list[tuple[str, float]]]) -> None:
+    """``<set>: WER <wer>% (<key>)`` on stdout for each test set (the best key first), so
+    that every decoding script shows its result without reading the log."""
+    for name, items in wers.items():
+        for key, wer in items:
+            print(f"{name}: WER {wer:.2f}% ({key})")
+
+
 def main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
-    """decode.py; returns {test set: [(key, WER)]}. Bad input is one line on stderr and
-    exit status 1."""
-    args = get_parser(recipe).parse_args(argv)
-    return run_guarded(decode_checkpoint, vars(args), recipe.gigaspeech_scoring)
+    """decode.py; prints and returns {test set: [(key, WER)]}. Bad input is one line on
+    stderr and exit status 1."""
+    parser = get_parser(recipe)
+    args = parser.parse_args(argv)
+    params = vars(args)
+    params["given_flags"] = given_flags(parser, argv)
+    wers = run_guarded(decode_checkpoint, params, recipe.gigaspeech_scoring)
+    print_wers(wers)
+    return wers
 
 
 def get_ctc_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
@@ -146,14 +162,14 @@ def get_streaming_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
 
 def ctc_main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
     """ctc_decode.py; returns {test set: [(key, WER)]}."""
-    args = get_ctc_parser(recipe).parse_args(argv)
-    return run_guarded(decode_ctc_checkpoint, vars(args))
+    params = parse_with_given_flags(get_ctc_parser(recipe), argv)
+    return run_guarded(decode_ctc_checkpoint, params)
 
 
 def streaming_main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
     """streaming_decode.py; returns {test set: [(key, WER)]}."""
-    args = get_streaming_parser(recipe).parse_args(argv)
-    return run_guarded(decode_streaming_checkpoint, vars(args))
+    params = parse_with_given_flags(get_streaming_parser(recipe), argv)
+    return run_guarded(decode_streaming_checkpoint, params)
 
 
 def get_onnx_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
@@ -172,6 +188,8 @@ def get_onnx_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
 
 
 def onnx_main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
-    """onnx_decode.py; returns {test set: [(key, WER)]}."""
+    """onnx_decode.py; prints and returns {test set: [(key, WER)]}."""
     args = get_onnx_parser(recipe).parse_args(argv)
-    return run_guarded(decode_onnx, vars(args))
+    wers = run_guarded(decode_onnx, vars(args))
+    print_wers(wers)
+    return wers

@@ -13,6 +13,8 @@ from icefall.cli.model import (
     add_adapter_arguments,
     add_checkpoint_arguments,
     add_model_arguments,
+    given_flags,
+    parse_with_given_flags,
 )
 from icefall.export.onnx import ExportedFiles, export_checkpoint
 from icefall.export.onnx_streaming import export_streaming_checkpoint
@@ -35,9 +37,11 @@ def get_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentPar
 def main(exp_dir: str, use_adapters_default: bool,
          argv: list[str] | None = None) -> ExportedFiles:
     """export-onnx.py; bad input is one line on stderr and exit status 1."""
-    args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
+    parser = get_parser(exp_dir, use_adapters_default)
+    params = vars(parser.parse_args(argv))
+    params["given_flags"] = given_flags(parser, argv)
     setup_logger()
-    return run_guarded(export_checkpoint, vars(args))
+    return run_guarded(export_checkpoint, params)
 
 
 def get_pytorch_parser(exp_dir: str, use_adapters_default: bool) -> argparse.ArgumentParser:
@@ -60,9 +64,9 @@ def pytorch_main(exp_dir: str, use_adapters_default: bool,
     """export.py; bad input is one line on stderr and exit status 1."""
     from icefall.export.torchscript import export_model
 
-    args = get_pytorch_parser(exp_dir, use_adapters_default).parse_args(argv)
+    params = parse_with_given_flags(get_pytorch_parser(exp_dir, use_adapters_default), argv)
     setup_logger()
-    return run_guarded(export_model, vars(args))
+    return run_guarded(export_model, params)
 
 
 def get_ctc_onnx_parser(exp_dir: str) -> argparse.ArgumentParser:
@@ -81,9 +85,9 @@ def ctc_onnx_main(exp_dir: str, argv: list[str] | None = None) -> tuple[Path, Pa
     """export-onnx-ctc.py; bad input is one line on stderr and exit status 1."""
     from icefall.export.onnx import export_ctc_checkpoint
 
-    args = get_ctc_onnx_parser(exp_dir).parse_args(argv)
+    params = parse_with_given_flags(get_ctc_onnx_parser(exp_dir), argv)
     setup_logger()
-    return run_guarded(export_ctc_checkpoint, vars(args))
+    return run_guarded(export_ctc_checkpoint, params)
 
 
 def streaming_main(exp_dir: str, use_adapters_default: bool,
@@ -91,6 +95,6 @@ def streaming_main(exp_dir: str, use_adapters_default: bool,
     """export-onnx-streaming.py (the model flags --causal 1 and one --chunk-size and
     --left-context-frames to stream with); bad input is one line on stderr and exit
     status 1."""
-    args = get_parser(exp_dir, use_adapters_default).parse_args(argv)
+    params = parse_with_given_flags(get_parser(exp_dir, use_adapters_default), argv)
     setup_logger()
-    return run_guarded(export_streaming_checkpoint, vars(args))
+    return run_guarded(export_streaming_checkpoint, params)

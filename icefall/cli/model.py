@@ -67,3 +67,26 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, exp_dir: str,
     a("--exp-dir", type=Path, default=Path(exp_dir), help="The experiment folder.")
     a("--trust-checkpoint", type=str2bool, default=False,
       help="Allow checkpoints that need full unpickling (only for files you trust).")
+
+
+class _Unset:
+    """Marks a flag the command line did not give."""
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> list[str]:
+    """The destinations (``encoder_dim`` ...) of the flags given on the command line
+    (``argv``, default ``sys.argv[1:]``), so that values stored in a checkpoint can fill
+    the others: the arguments are parsed once more into a namespace where every flag is
+    pre-set to a marker, which only given flags replace."""
+    unset = _Unset()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions
+                                      if a.dest != argparse.SUPPRESS})
+    parser.parse_args(argv, namespace=namespace)
+    return sorted(k for k, v in vars(namespace).items() if v is not unset)
+
+
+def parse_with_given_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None
+                           ) -> dict:
+    """The parsed flags as a dict, with ``given_flags`` (see :func:`given_flags`): the
+    model flags not given are then taken from the checkpoint."""
+    return {**vars(parser.parse_args(argv)), "given_flags": given_flags(parser, argv)}

@@ -40,7 +40,8 @@ def get_onnx_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser()
     add_onnx_model_arguments(parser)
     parser.add_argument("--sample-rate", type=positive_int, default=SAMPLE_RATE,
-                        help="Sample rate of the sound files (and of the model's features).")
+                        help="Sample rate of the model's features; sound files at other rates are "
+                             "resampled to it.")
     parser.add_argument("sound_files", type=Path, nargs="+",
                         help="Sound files (any format libsndfile reads), first channel used.")
     return parser

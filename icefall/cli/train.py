@@ -27,7 +27,7 @@ from icefall.cli.flags import (
     positive_int,
     str2bool,
 )
-from icefall.cli.model import add_adapter_arguments, add_model_arguments
+from icefall.cli.model import add_adapter_arguments, add_model_arguments, given_flags
 from icefall.data.manifests import find_manifest, parse_named_sets
 from icefall.dist import launch
 from icefall.trainer import prepare_training, run_rank
@@ -131,6 +131,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe)
     a("--overwrite", type=str2bool, default=False,
       help="Start a new run in an --exp-dir that holds another run's checkpoints, deleting "
            "them (without it, that is refused).")
+    a("--max-unk-share", type=nonnegative_float, default=0.01,
+      help="Stop before training when more than this share of the training transcripts' "
+           "BPE tokens are <unk> (the BPE model cannot spell them); 1 accepts any share.")
+    a("--scale-schedule", type=str2bool, default=False,
+      help="Lower --lr-warmup-batches and --warm-step to a tenth and a quarter of the run's "
+           "batches, so that a short run on little data leaves its warm-ups.")
     a("--adapter-min-rms", type=positive_float, default=0.01,
       help="ScaledAdam's param_min_rms for adapter parameters: the smallest scale their "
            "updates are sized by, so that zero-initialised adapters can grow.")
@@ -185,7 +191,9 @@ def _rank_main(rank: int, world_size: int, params: AttributeDict) -> None:
 def main(recipe: TrainRecipe, argv: list[str] | None = None) -> None:
     """Parses flags, checks inputs, and trains on --world-size processes (or torchrun's).
     Bad input is one line on stderr and exit status 1."""
-    params = AttributeDict(vars(get_parser(recipe).parse_args(argv)))
+    parser = get_parser(recipe)
+    params = AttributeDict(vars(parser.parse_args(argv)))
+    params.given_flags = given_flags(parser, argv)
     params.finetune_batch_count = recipe.finetune_batch_count
     resolve_valid_cuts(params, recipe)
     run_guarded(prepare_training, params)

@@ -11,7 +11,7 @@ from pathlib import Path
 from icefall.audio import SAMPLE_RATE
 from icefall.cli import run_guarded
 from icefall.cli.flags import ArgumentParser, positive_int, str2bool
-from icefall.cli.model import add_adapter_arguments, add_model_arguments
+from icefall.cli.model import add_adapter_arguments, add_model_arguments, given_flags
 from icefall.cli.onnx import print_texts
 from icefall.decode.search import DECODING_METHODS
 
@@ -28,7 +28,8 @@ def get_parser(use_adapters_default: bool) -> argparse.ArgumentParser:
     a("--method", type=str, default="greedy_search", choices=DECODING_METHODS,
       help="Decoding method.")
     a("--sample-rate", type=positive_int, default=SAMPLE_RATE,
-      help="Sample rate of the model's features.")
+      help="Sample rate of the model's features; sound files at other rates are resampled "
+           "to it.")
     a("--beam-size", type=positive_int, default=4, help="Beam size of (modified) beam search.")
     a("--max-sym-per-frame", type=positive_int, default=1, help="greedy_search: symbols per frame.")
     a("--trust-checkpoint", type=str2bool, default=False,
@@ -48,7 +49,8 @@ def main(use_adapters_default: bool, argv: list[str] | None = None) -> list[str]
     if (args.tokens is None) == (args.bpe_model is None):
         parser.error("give --tokens (tokens.txt) or --bpe-model, one of them")
     logging.basicConfig(level=logging.WARNING)
-    return print_texts(args.sound_files, run_guarded(transcribe_files, vars(args)))
+    params = {**vars(args), "given_flags": given_flags(parser, argv)}
+    return print_texts(args.sound_files, run_guarded(transcribe_files, params))
 
 
 def get_jit_parser() -> argparse.ArgumentParser:

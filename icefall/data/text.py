@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 from lhotse import CutSet
 
@@ -95,3 +96,21 @@ def normalize_cut_texts(cuts: CutSet, drop_gigaspeech_garbage: bool = True) -> C
 
 def _has_no_garbage(cut) -> bool:
     return not any(is_gigaspeech_garbage(s.text or "") for s in cut.supervisions)
+
+
+def bpe_is_lower_case(sp) -> bool:
+    """True when the letters of a sentencepiece model's pieces are mostly lower case (a BPE
+    model trained on lower-case text); icefall's LibriSpeech models are upper case."""
+    pieces = (sp.id_to_piece(i) for i in range(sp.get_piece_size()))
+    lower = upper = 0
+    for piece in pieces:
+        lower += sum(c.islower() for c in piece)
+        upper += sum(c.isupper() for c in piece)
+    return lower > upper
+
+
+def normalizer_for_bpe(sp) -> Callable[[str], str]:
+    """:func:`normalize_text` in the case the BPE model ``sp`` was trained in."""
+    if bpe_is_lower_case(sp):
+        return lambda text: normalize_text(text).lower()
+    return normalize_text

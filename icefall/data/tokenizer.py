@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,68 @@ def set_model_dims_from_bpe(params: MutableMapping[str, Any], sp: spm.SentencePi
     """vocab_size and blank_id from the BPE model, as icefall recipes set them."""
     params["vocab_size"] = sp.get_piece_size()
     params["blank_id"] = sp.piece_to_id("<blk>")
+
+
+@dataclass
+class UnkStats:
+    """How many BPE tokens of a set of transcripts are ``<unk>``, and the first utterances
+    that have some (with the words that give them)."""
+
+    tokens: int = 0
+    unk: int = 0
+    utterances_with_unk: int = 0
+    offenders: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    @property
+    def share(self) -> float:
+        return self.unk / self.tokens if self.tokens else 0.0
+
+    def describe(self, what: str) -> str:
+        """E.g. ``train: 0.12% of 4,321 BPE tokens are <unk> (2 utterances)``."""
+        return (f"{what}: {100 * self.share:.2f}% of {self.tokens:,} BPE tokens are <unk> "
+                f"({self.utterances_with_unk} utterance"
+                f"{'' if self.utterances_with_unk == 1 else 's'})")
+
+
+def unk_words(sp: spm.SentencePieceProcessor, text: str) -> list[str]:
+    """The words of ``text`` whose pieces include ``<unk>``."""
+    unk = sp.unk_id()
+    return [w for w, ids in zip(text.split(), sp.encode(text.split(), out_type=int))
+            if unk in ids]
+
+
+def unk_stats(sp: spm.SentencePieceProcessor, texts: Iterable[tuple[str, str]],
+              keep: int = 5) -> UnkStats:
+    """Counts ``<unk>`` among the BPE tokens of ``(utterance id, text)`` pairs.
+
+    Args:
+      keep: how many offending utterances to keep (in input order) with their words.
+    """
+    stats, unk = UnkStats(), sp.unk_id()
+    for utt, text in texts:
+        ids = sp.encode(text, out_type=int)
+        n = sum(1 for i in ids if i == unk)
+        stats.tokens += len(ids)
+        stats.unk += n
+        if n:
+            stats.utterances_with_unk += 1
+            if len(stats.offenders) < keep:
+                stats.offenders.append((utt, unk_words(sp, text)))
+    return stats
+
+
+def check_unk_share(stats: UnkStats, max_share: float, what: str) -> None:
+    """Raises ValueError when more than ``max_share`` of the tokens are ``<unk>``, naming
+    the first offending utterances and their words, and the way to accept it.
+
+    Args:
+      what: the data and how it was found, for the message (``train.csv``).
+    """
+    if stats.share <= max_share:
+        return
+    first = "; ".join(f"{utt} ({' '.join(words[:4]) or '?'})" for utt, words in
+                      stats.offenders[:3])
+    raise ValueError(f"{stats.describe(what)}, above --max-unk-share {max_share:g}: the "
+                     f"base's BPE model cannot spell these words; first: {first}. Fix the "
+                     "transcripts (e.g. spell out numbers), or pass --max-unk-share 1 to "
+                     "train anyway")

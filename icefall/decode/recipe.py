@@ -12,9 +12,10 @@ Dimension legend: N = utterances of a batch, T = frames.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from icefall.decode.gigaspeech_scoring import post_processing
 from icefall.decode.report import save_results
 from icefall.decode.search import decode_batch, decoding_key
 from icefall.files import remove_stale_temporaries
-from icefall.inference import checkpoint_suffix, load_model
+from icefall.inference import checkpoint_suffix, load_model_with_notes
 from icefall.utils import setup_logger
 from icefall.zipformer import has_adapters
 
@@ -65,40 +66,64 @@ def load_test_sets(params: Mapping[str, Any]) -> dict[str, CutSet]:
     return sets
 
 
+LOG_INTERVAL = 20  # batches between progress lines (and the last batch)
+
+
+def count_batches(dl) -> int | str:
+    """Batches of a test DataLoader, counted on a copy of its sampler (cut metadata only,
+    no features are read); ``?`` when the sampler cannot be copied."""
+    try:
+        return sum(1 for _ in copy.deepcopy(dl.sampler))
+    except Exception:  # noqa: BLE001 - only the progress line loses its total
+        return "?"
+
+
 def decode_cuts(dl, decoder: BatchDecoder) -> tuple[list[Result], float]:
     """(cut id, reference words, hypothesis words) of every utterance of a test
-    DataLoader, and the audio duration in seconds."""
+    DataLoader, and the audio duration in seconds; logs ``batch i/N`` as icefall does."""
     results: list[Result] = []
     duration = 0.0
-    for batch in dl:
+    num_batches = count_batches(dl)
+    for batch_idx, batch in enumerate(dl):
         cuts = batch["supervisions"]["cut"]
         duration += sum(c.duration for c in cuts)
         texts = decoder(batch)
         for cut, ref, hyp in zip(cuts, batch["supervisions"]["text"], texts):
             results.append((cut.id, ref.split(), hyp.split()))
+        if batch_idx % LOG_INTERVAL == 0 or batch_idx + 1 == num_batches:
+            logging.info(f"batch {batch_idx + 1}/{num_batches}, cuts processed until now is "
+                         f"{len(results)}")
     return results, duration
 
 
 def decode_test_sets(params: Mapping[str, Any], cuts: dict[str, CutSet],
                      decoder: BatchDecoder, res_dir: Path, key: str, suffix: str,
-                     gigaspeech_scoring: bool) -> dict[str, list[tuple[str, float]]]:
+                     gigaspeech_scoring: bool, notes: Sequence[str] = ()
+                     ) -> dict[str, list[tuple[str, float]]]:
     """Decodes every test set of ``cuts`` batch by batch (the data module's test
-    DataLoaders) and writes its reports (:func:`report_test_sets`)."""
+    DataLoaders) and writes its reports (:func:`report_test_sets`).
+
+    Args:
+      notes: lines for the log from before it was set up (how the model was loaded).
+    """
     dm = AsrDataModule({**params, "return_cuts": True})
     return report_test_sets(cuts, lambda c: decode_cuts(dm.test_dataloaders(c), decoder),
-                            res_dir, key, suffix, gigaspeech_scoring)
+                            res_dir, key, suffix, gigaspeech_scoring, notes)
 
 
 def report_test_sets(cuts: dict[str, CutSet],
                      decode_set: Callable[[CutSet], tuple[list[Result], float]],
-                     res_dir: Path, key: str, suffix: str,
-                     gigaspeech_scoring: bool) -> dict[str, list[tuple[str, float]]]:
+                     res_dir: Path, key: str, suffix: str, gigaspeech_scoring: bool,
+                     notes: Sequence[str] = ()) -> dict[str, list[tuple[str, float]]]:
     """Decodes every test set of ``cuts`` with ``decode_set`` (cuts -> results and audio
     seconds) and writes its reports to ``res_dir`` (stale temporaries of a crashed run
-    removed first), logging each set's RTF; returns {test set: [(key, WER)]}."""
+    removed first), logging each set's RTF and ``notes`` (lines from before the log was
+    set up); returns {test set: [(key, WER)]}."""
     Path(res_dir).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(res_dir)
     setup_logger(Path(res_dir) / f"log-decode-{suffix}")
+    for line in notes:
+        logging.info(line)
     wers = {}
     for name, c in cuts.items():
         start = time.time()
@@ -185,10 +210,10 @@ def decode_checkpoint(params: Mapping[str, Any], gigaspeech_scoring: bool
     cuts = load_test_sets(params)  # fails before the model loads
     graph = context_graph_of(params, sp)
     res_dir = params["res_dir"] or Path(params["exp_dir"]) / params["decoding_method"]
-    suffix = results_suffix(params)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    model = load_model(params, device)
-    suffix += adapter_state_tag(model, params)
+    # model flags not given on the command line come from the checkpoint
+    model, notes = load_model_with_notes(params, device)
+    suffix = results_suffix(params) + adapter_state_tag(model, params)
     key = decoding_key(params["decoding_method"], params["beam_size"], params["beam"],
                        params["max_contexts"], params["max_states"])
     if graph is not None:  # icefall's tag of a biased search
@@ -196,7 +221,7 @@ def decode_checkpoint(params: Mapping[str, Any], gigaspeech_scoring: bool
         logging.info(f"Context biasing: {graph.num_nodes} graph nodes from "
                      f"{params['context_file']}, {params['context_score']:g} per token")
     return decode_test_sets(params, cuts, pytorch_decoder(model, sp, params, graph), res_dir,
-                            key, f"{key}-{suffix}", gigaspeech_scoring)
+                            key, f"{key}-{suffix}", gigaspeech_scoring, notes)
 
 
 # ----------------------------------------------------------------------------- CTC
@@ -251,10 +276,10 @@ def decode_ctc_checkpoint(params: Mapping[str, Any]) -> dict[str, list[tuple[str
     if key == "prefix-beam-search":
         suffix += f"-beam-{params['beam']}"
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    model = load_model(params, device)
+    model, notes = load_model_with_notes(params, device)
     suffix += adapter_state_tag(model, params)
     return decode_test_sets(params, cuts, ctc_decoder(model, sp, params), res_dir, key,
-                            f"{key}-{suffix}", False)
+                            f"{key}-{suffix}", False, notes)
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime

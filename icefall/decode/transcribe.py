@@ -22,6 +22,7 @@ from icefall.data import load_bpe_model, make_fbank_extractor
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.decode.search import decode_batch
 from icefall.inference import model_from_state
+from icefall.model_config import MODEL_KEYS, apply_model_config, stored_model_config
 from icefall.token_table import set_dims_from_tokens, tokens_to_text
 
 
@@ -77,6 +78,8 @@ def transcribe_files(params: Mapping[str, Any]) -> list[str]:
     waves = [read_sound_file(p, params["sample_rate"]) for p in params["sound_files"]]
     data = load_checkpoint_file(params["checkpoint"], allow_unsafe=params["trust_checkpoint"])
     state = strip_ddp_prefix(model_state_from(data, params["checkpoint"]))
-    model = model_from_state(params, state, str(params["checkpoint"])).eval()
+    stored = stored_model_config(data)
+    apply_model_config(params, stored, MODEL_KEYS, params["checkpoint"])  # logs nothing
+    model = model_from_state(params, state, str(params["checkpoint"]), stored).eval()
     return transcribe(model, to_text, waves, params["sample_rate"], params["method"],
                       params["beam_size"], params["max_sym_per_frame"])

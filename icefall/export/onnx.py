@@ -239,8 +239,13 @@ def quantize_int8(src: Path, dst: Path, op_types: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = temporary_path(dst)  # keeps the .onnx suffix
-    quiet = _DropPreprocessingAdvice()
-    logging.getLogger().addFilter(quiet)
+    root = logging.getLogger()
+    quiet, level = _DropPreprocessingAdvice(), root.level
+    root.addFilter(quiet)
+    # ONNX Runtime's quantiser logs a line per tensor it leaves alone ("Quantization
+    # parameters for tensor ... not specified", "Ignore MatMul due to non constant B") on
+    # the root logger: only its warnings are kept.
+    root.setLevel(max(level, logging.WARNING))
     try:
         quantize_dynamic(model_input=str(src), model_output=str(tmp),
                          op_types_to_quantize=op_types, weight_type=QuantType.QInt8)
@@ -249,7 +254,8 @@ def quantize_int8(src: Path, dst: Path, op_types: list[str]) -> None:
                 .metadata_props}
         save_with_metadata(proto, dst, meta)
     finally:
-        logging.getLogger().removeFilter(quiet)
+        root.setLevel(level)
+        root.removeFilter(quiet)
         tmp.unlink(missing_ok=True)
 
 

@@ -20,7 +20,7 @@ num_jobs=2
 python=${PYTHON:-python3}
 
 cd "$(dirname "$0")"
-. local/parse_options.sh
+. ../../shared/parse_options.sh
 
 log() {
   local fname=${BASH_SOURCE[1]##*/}

@@ -45,7 +45,8 @@ train_flags="--lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50 --ref-durati
 python=${PYTHON:-python3}
 
 cd "$(dirname "$0")"
-. local/parse_options.sh
+. ../../shared/parse_options.sh
+. ../../shared/stages.sh  # log, run_stage, fresh_tmp, publish
 recipes=../../librispeech/ASR
 bpe=data/lang_bpe_$vocab_size/bpe.model
 data_flags="--manifest-dir data/fbank --bpe-model $bpe"
@@ -54,42 +55,6 @@ data_flags="--manifest-dir data/fbank --bpe-model $bpe"
 train_data_flags="--max-duration $max_duration --num-buckets $num_buckets --seed $seed
   --overwrite 1"
 mkdir -p "$exp_dir"
-
-log() {
-  local fname=${BASH_SOURCE[1]##*/}
-  echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
-
-# run_stage N NAME OUTPUT COMMAND...: runs COMMAND unless OUTPUT exists; records seconds.
-run_stage() {
-  local n=$1 name=$2 output=$3
-  shift 3
-  if [ "$stage" -gt "$n" ] || [ "$stop_stage" -lt "$n" ]; then return; fi
-  if [ -e "$output" ]; then
-    log "Stage $n ($name): $output exists, skipping"
-    return
-  fi
-  log "Stage $n: $name"
-  local start=$SECONDS
-  "$@"
-  local seconds=$((SECONDS - start))
-  touch "$exp_dir/stage_seconds.tsv"
-  grep -v "^$name	" "$exp_dir/stage_seconds.tsv" > "$exp_dir/stage_seconds.tsv.tmp" || true
-  printf '%s\t%s\n' "$name" "$seconds" >> "$exp_dir/stage_seconds.tsv.tmp"
-  mv "$exp_dir/stage_seconds.tsv.tmp" "$exp_dir/stage_seconds.tsv"
-}
-
-# fresh_tmp DIR: an empty DIR.tmp for a decoding stage to write into;
-# publish DIR: renames the finished DIR.tmp to DIR. An interrupted stage leaves only
-# DIR.tmp, so the stage (whose output is DIR) runs again on the next run.
-fresh_tmp() {
-  rm -rf "$1.tmp"
-  echo "$1.tmp"
-}
-publish() {
-  rm -rf "$1"
-  mv "$1.tmp" "$1"
-}
 
 # decode NAME SCRIPT EXP TEST_SETS EXTRA...: WER reports into $exp_dir/decode/NAME
 decode() {

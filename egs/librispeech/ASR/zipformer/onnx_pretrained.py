@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Transcribe sound files (16 kHz) with exported ONNX models: ONNX Runtime only, no torch.
+"""Transcribe sound files (any sample rate) with exported ONNX models: ONNX Runtime only, no torch.
 
 Usage:
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Transcribe sound files (16 kHz) with a checkpoint and tokens.txt; one line per file.
+"""Transcribe sound files (any sample rate) with a checkpoint and tokens.txt; one line per file.
 
 Usage:
 

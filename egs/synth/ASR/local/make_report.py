@@ -14,14 +14,18 @@ checks the demo's targets.
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from pathlib import Path
 
-from icefall.cli import exit_with_error
+from icefall.cli import run_guarded
 from icefall.cli.flags import ArgumentParser
-from icefall.decode.report import read_wer_summary
-from icefall.files import atomic_write, atomic_write_text
+from icefall.decode.run_summary import (
+    plot_wer_bars,
+    read_param_counts,
+    read_stage_seconds,
+    read_system_wers,
+    require_results,
+    write_report,
+)
 
 # report key -> (decode folder, test set)
 SYSTEMS = {
@@ -36,32 +40,7 @@ SYSTEMS = {
 
 def read_wers(exp_dir: Path) -> dict[str, float]:
     """WER (%) of every system whose wer-summary file exists."""
-    wers = {}
-    for key, (folder, test_set) in SYSTEMS.items():
-        files = sorted((exp_dir / "decode" / folder).glob(f"wer-summary-{test_set}-*.txt"))
-        if files:
-            wers[key] = read_wer_summary(files[0])[0][1]
-    return wers
-
-
-def read_seconds(exp_dir: Path) -> dict[str, int]:
-    path = exp_dir / "stage_seconds.tsv"
-    if not path.exists():
-        return {}
-    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
-    return {name: int(s) for name, s in rows}
-
-
-def read_param_counts(exp_dir: Path) -> tuple[int | None, int | None]:
-    """(trainable, total) from the adapter run's log (icefall's two count lines)."""
-    log = exp_dir / "adapter" / "log" / "log-train"
-    if not log.exists():
-        return None, None
-    text = log.read_text()
-    trainable = re.search(r"A total of (\d+) trainable parameters", text)
-    total = re.search(r"Number of model parameters: (\d+)", text)
-    return (int(trainable.group(1)) if trainable else None,
-            int(total.group(1)) if total else None)
+    return read_system_wers(exp_dir / "decode", SYSTEMS)
 
 
 def check_targets(w: dict[str, float], seconds: dict[str, int]) -> list[tuple[str, bool, str]]:
@@ -116,30 +95,15 @@ GROUPS = [("base model\n(trained on A)", "base/A", "base/B"),
           ("full\nfine-tuning", "full_ft/A", "full_ft/B"),
           ("adapters:\nONNX fp32", None, "onnx/B"), ("adapters:\nONNX int8", None, "onnx_int8/B"),
           ("adapters:\nsherpa-onnx", None, "sherpa_onnx/B")]
+SERIES = ("A (audiobooks)", "B (podcasts)")
 
 
 def plot(w: dict[str, float], path: Path) -> None:
     """Grouped bar chart: each system with its WER on A and on B side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = [g for g in GROUPS if g[1] in w or g[2] in w]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for offset, index, label, color in ((-0.2, 1, "A (audiobooks)", "tab:blue"),
-                                        (0.2, 2, "B (podcasts)", "tab:orange")):
-        xs = [i + offset for i, g in enumerate(groups) if g[index] in w]
-        bars = ax.bar(xs, [w[g[index]] for g in groups if g[index] in w], width=0.38,
-                      color=color, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(range(len(groups)), [g[0] for g in groups], fontsize=8)
-    ax.set_ylabel("WER (%)")
-    ax.legend(fontsize=8)
-    ax.set_title("zipformer-adapter demo: forgetting on A, recovery on B")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))  # the name keeps .png
-    plt.close(fig)
+    groups = [(label, {name: w[key] for name, key in zip(SERIES, (a, b)) if key in w})
+              for label, a, b in GROUPS]
+    plot_wer_bars(path, [g for g in groups if g[1]], SERIES,
+                  "zipformer-adapter demo: forgetting on A, recovery on B")
 
 
 def main() -> None:
@@ -147,11 +111,9 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp-dir", type=Path, default=Path("exp"))
     args = p.parse_args()
-    w, seconds = read_wers(args.exp_dir), read_seconds(args.exp_dir)
-    if not w:
-        exit_with_error(f"no wer-summary-*.txt under {args.exp_dir / 'decode'}: run the "
-                        "decoding stages of run.sh first")
-    trainable, total = read_param_counts(args.exp_dir)
+    w, seconds = read_wers(args.exp_dir), read_stage_seconds(args.exp_dir)
+    run_guarded(require_results, w, args.exp_dir / "decode")
+    trainable, total = read_param_counts(args.exp_dir / "adapter" / "log" / "log-train")
     checks = check_targets(w, seconds)
     report = {"wer": w, "trainable_params": trainable, "total_params": total,
               "seconds": seconds,
@@ -162,8 +124,7 @@ def main() -> None:
              "| target | measured | met |", "|---|---|---|",
              *(f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, ok, m in checks), "",
              "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in seconds.items())]
-    atomic_write_text(args.exp_dir / "report.md", "\n".join(lines) + "\n")
-    atomic_write_text(args.exp_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_report(args.exp_dir, lines, report)
     plot(w, args.exp_dir / "wer.png")
     print(table)
     print("\n".join(f"{'ok ' if ok else 'NO '} {t}: {m}" for t, ok, m in checks))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sourced by prepare.sh and run.sh: turns "--some-name VALUE" arguments into assignments
-# to the shell variable some_name, which must already be defined (with its default).
+# Sourced by the recipes' prepare.sh and run.sh scripts: turns "--some-name VALUE" arguments
+# into assignments to the shell variable some_name, which must already be defined (with its
+# default).
 # An unknown option or a missing value is one clear error line and exit status 1.
 while [ $# -gt 0 ]; do
   case "$1" in

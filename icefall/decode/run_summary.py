@@ -1,0 +1,113 @@
+"""The report at the end of a recipe run: WERs of several systems, gathered from their
+decoding folders, as ``report.md``, ``report.json`` and a bar chart.
+
+A run script (``egs/*/ASR/run.sh``) decodes each system into ``<exp-dir>/decode/<system>/``
+(``wer-summary-<set>-*.txt``, written by the decode scripts) and records the seconds of each
+stage in ``<exp-dir>/stage_seconds.tsv``; its ``local/make_report.py`` says which systems and
+sets to show and how to label them, and calls these functions. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from icefall.decode.report import read_wer_summary
+from icefall.files import atomic_write, atomic_write_text
+
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+
+
+class NoResultsError(ValueError):
+    """No decoding result was found: the report would be empty."""
+
+
+def read_system_wers(decode_dir: Path, systems: Mapping[str, tuple[str, str]]
+                     ) -> dict[str, float]:
+    """WER (%) of every system whose ``wer-summary`` file exists.
+
+    Args:
+      decode_dir: ``<exp-dir>/decode``.
+      systems: report key -> (decode folder, test set name).
+    Returns:
+      report key -> WER, for the systems found.
+    """
+    wers = {}
+    for key, (folder, test_set) in systems.items():
+        files = sorted((decode_dir / folder).glob(f"wer-summary-{test_set}-*.txt"))
+        if files:
+            wers[key] = read_wer_summary(files[0])[0][1]
+    return wers
+
+
+def require_results(wers: Mapping[str, float], decode_dir: Path) -> None:
+    """Raises NoResultsError when ``wers`` is empty."""
+    if not wers:
+        raise NoResultsError(f"no wer-summary-*.txt under {decode_dir}: run the decoding "
+                             "stages of run.sh first")
+
+
+def read_stage_seconds(exp_dir: Path) -> dict[str, int]:
+    """Stage name -> seconds, from ``<exp-dir>/stage_seconds.tsv`` (empty when absent)."""
+    path = exp_dir / "stage_seconds.tsv"
+    if not path.exists():
+        return {}
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    return {name: int(s) for name, s in rows}
+
+
+def read_param_counts(log: Path) -> tuple[int | None, int | None]:
+    """(trainable, total) parameters from a training log (icefall's two count lines)."""
+    if not log.exists():
+        return None, None
+    text = log.read_text()
+    trainable = re.search(r"A total of (\d+) trainable parameters", text)
+    total = re.search(r"Number of model parameters: (\d+)", text)
+    return (int(trainable.group(1)) if trainable else None,
+            int(total.group(1)) if total else None)
+
+
+def plot_wer_bars(path: Path, groups: Sequence[tuple[str, Mapping[str, float]]],
+                  series: Sequence[str], title: str) -> None:
+    """Grouped bar chart of WERs, written atomically as a PNG.
+
+    Args:
+      groups: (label under the group, {series name: WER}) per group, left to right; a
+        series missing from a group leaves a gap.
+      series: the series names, in legend order (at most four).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(groups)), 4))
+    for i, (name, color) in enumerate(zip(series, COLORS)):
+        offset = (i - (len(series) - 1) / 2) * width
+        xs = [g + offset for g, (_, w) in enumerate(groups) if name in w]
+        bars = ax.bar(xs, [w[name] for _, w in groups if name in w], width=width * 0.95,
+                      color=color, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(groups)), [label for label, _ in groups], fontsize=8)
+    ax.set_ylabel("WER (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))  # the name keeps .png
+    plt.close(fig)
+
+
+def write_report(exp_dir: Path, markdown: Sequence[str], data: Mapping[str, Any]) -> None:
+    """``report.md`` (the lines given) and ``report.json`` (``data``) in ``exp_dir``."""
+    atomic_write_text(exp_dir / "report.md", "\n".join(markdown) + "\n")
+    atomic_write_text(exp_dir / "report.json", json.dumps(data, indent=2) + "\n")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table's lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
