@@ -17,6 +17,7 @@ from icefall.zipformer import (
     LoRALinear,
     adapter_parameter_names,
     adapter_state_dict,
+    add_adapters,
     add_lora,
     count_parameters,
     freeze_all_but_adapters,
@@ -294,7 +295,10 @@ def test_get_model_builds_lora_only_when_asked():
         get_model(tiny_params(use_lora=True, lora_r=-1))
     with pytest.raises(ValueError, match="lora-r"):
         add_lora(get_model(tiny_params()), 0)
-    model = _lora_model(use_adapters=True)  # both kinds together
+    with pytest.raises(ValueError, match="one kind"):  # one adapter, one kind
+        _lora_model(use_adapters=True)
+    model = _lora_model()
+    assert add_adapters(model, 8) == 4 * 7  # both kinds together, at the model level
     assert add_lora(model, R) == 0  # already there
     assert set(adapter_parameter_names(model)) > _lora_names(model)
 

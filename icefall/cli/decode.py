@@ -19,6 +19,7 @@ from icefall.cli.model import (
     add_adapter_arguments,
     add_checkpoint_arguments,
     add_model_arguments,
+    resolve_adapter_switches,
 )
 from icefall.cli.onnx import add_onnx_model_arguments
 from icefall.decode.recipe import decode_checkpoint, decode_onnx
@@ -33,6 +34,7 @@ class DecodeRecipe:
     use_adapters: bool
     test_sets: str  # NAME=MANIFEST pairs in --manifest-dir
     gigaspeech_scoring: bool
+    use_lora: bool = False
 
 
 def add_test_set_arguments(parser: argparse.ArgumentParser, recipe: DecodeRecipe) -> None:
@@ -65,7 +67,7 @@ def get_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
     add_decoding_arguments(parser)
     add_test_set_arguments(parser, recipe)
     add_model_arguments(parser)
-    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
+    add_adapter_arguments(parser, recipe.use_adapters, recipe.use_lora, inference=True)
     add_dataloading_arguments(parser)
     return parser
 
@@ -74,6 +76,7 @@ def main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
     """decode.py; returns {test set: [(key, WER)]}. Bad input is one line on stderr and
     exit status 1."""
     args = get_parser(recipe).parse_args(argv)
+    resolve_adapter_switches(args, recipe.use_adapters, recipe.use_lora)
     return run_guarded(decode_checkpoint, vars(args), recipe.gigaspeech_scoring)
 
 

@@ -21,7 +21,7 @@ from icefall.checkpoint import load_checkpoint_file, model_state_from, strip_ddp
 from icefall.data import load_bpe_model, make_fbank_extractor
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.decode.search import decode_batch
-from icefall.inference import model_from_state
+from icefall.inference import INFO_KEYS, model_from_state
 
 
 def read_sound_file(path: Path, sample_rate: int) -> Tensor:
@@ -57,13 +57,16 @@ def transcribe(model: nn.Module, sp, waves: list[Tensor], sample_rate: int, meth
 
 def transcribe_files(params: Mapping[str, Any]) -> list[str]:
     """pretrained.py: the text of each of ``params["sound_files"]`` with the checkpoint
-    ``params["checkpoint"]`` and the BPE model ``params["bpe_model"]``."""
+    ``params["checkpoint"]`` (a whole model, or adapters only with their base found as
+    decoding finds it), the ``adapter_file`` files and ``adapter_name``
+    (:mod:`icefall.inference`), and the BPE model ``params["bpe_model"]``."""
     params = dict(params)
     sp = load_bpe_model(params["bpe_model"])
     set_model_dims_from_bpe(params, sp)
     waves = [read_sound_file(p, params["sample_rate"]) for p in params["sound_files"]]
     data = load_checkpoint_file(params["checkpoint"], allow_unsafe=params["trust_checkpoint"])
     state = strip_ddp_prefix(model_state_from(data, params["checkpoint"]))
-    model = model_from_state(params, state, str(params["checkpoint"])).eval()
+    info = {k: data[k] for k in INFO_KEYS if k in data}
+    model = model_from_state(params, state, str(params["checkpoint"]), info).eval()
     return transcribe(model, sp, waves, params["sample_rate"], params["method"],
                       params["beam_size"], params["max_sym_per_frame"])
