@@ -32,7 +32,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: N817 (PyTorch idiom)
 
-from icefall.adapter_files import adapter_fields, base_checkpoint_of, is_adapter_only
+from icefall.adapter_files import (
+    adapter_fields,
+    base_checkpoint_of,
+    base_fingerprint,
+    is_adapter_only,
+)
 from icefall.amp import (
     GradScaleGuard,
     Precision,
@@ -300,8 +305,9 @@ def save_training_checkpoint(filename: Path, params: AttributeDict, model: nn.Mo
     if params.get("adapter_only_checkpoints"):
         state = adapter_state_dict(base)
         avg = None if avg is None else {k: avg[k] for k in state}
-        extra = adapter_fields(base.adapter_config, params.base_fingerprint,
-                               params.base_checkpoint, model_config(params))
+        fingerprint = params.get("base_fingerprint") or base_fingerprint(base)  # other ranks
+        extra = adapter_fields(base.adapter_config, fingerprint, params.base_checkpoint,
+                               model_config(params))
     for state_ in (state, avg or {}):
         bad = next((k for k, v in state_.items() if v.is_floating_point()
                     and not bool(torch.isfinite(v).all())), None)

@@ -358,3 +358,28 @@ def test_merging_keeps_float32_under_autocast_and_runs_on_the_meta_device():
     model.eval()
     assert all(m.merged for m in lora_modules(model))
     assert list(model.state_dict()) == list(_lora_model().state_dict())
+
+
+def test_running_average_updates_a_shared_weight_once_and_leaves_frozen_ones():
+    """out_proj.l.weight is out_proj.weight: one update, avg * (1 - w) + cur * w. Frozen
+    parameters (the base under LoRA) are constants: the average keeps them as they are."""
+    from icefall.checkpoint import update_averaged_model
+
+    model = _lora_model()
+    _randomise_lora(model)
+    model.requires_grad_(True)  # everything trains (the shared weight too)
+    avg = copy.deepcopy(model).to(torch.float64)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    name = next(k for k in lora_weight_aliases(model).values())
+    before = avg.state_dict()[name].clone()
+    update_averaged_model(avg, model, batch_idx_train=4, average_period=1)
+    expected = before * 0.75 + model.state_dict()[name].double() * 0.25
+    assert torch.allclose(avg.state_dict()[name], expected, atol=1e-12)
+    freeze_all_but_adapters(model)
+    frozen = {k: v.clone() for k, v in avg.state_dict().items()}
+    update_averaged_model(avg, model, batch_idx_train=8, average_period=1)
+    lora = _lora_names(model)
+    for k, v in avg.state_dict().items():
+        assert torch.equal(v, frozen[k]) == (k not in lora), k

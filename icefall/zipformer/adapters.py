@@ -155,9 +155,11 @@ def set_adapter_training(model: nn.Module, mode: bool = True) -> nn.Module:
 
     Frozen modules then behave as at inference: no dropout, no layer skipping, no
     training-time regularisers, and the first chunk size of a causal model. LoRA layers
-    in train mode keep their update unmerged (it is what trains).
+    in train mode keep their update unmerged (it is what trains). The other modules' flags
+    are set directly (as icefall does), so LoRA layers are not merged on the way.
     """
-    model.eval()
+    for m in model.modules():
+        m.training = False
     for _, adapter in iter_adapters(model):
         adapter.train(mode)
     return model
