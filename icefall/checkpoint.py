@@ -211,6 +211,13 @@ def average_checkpoints_with_averaged_model(filename_start: str | Path,
     """
     start = load_checkpoint_file(filename_start, allow_unsafe)
     end = load_checkpoint_file(filename_end, allow_unsafe)
+    return average_loaded_with_averaged_model(start, end, filename_start, filename_end)
+
+
+def average_loaded_with_averaged_model(start: Mapping[str, Any], end: Mapping[str, Any],
+                                       filename_start: str | Path, filename_end: str | Path
+                                       ) -> dict[str, Tensor]:
+    """:func:`average_checkpoints_with_averaged_model` of two checkpoints already read."""
     k_start, k_end = _average_updates(start, end, filename_start, filename_end)
     avg_start = model_state_from(start, filename_start, "model_avg")
     avg_end = model_state_from(end, filename_end, "model_avg")
@@ -263,14 +270,25 @@ def update_averaged_model(model_avg: nn.Module, model: nn.Module, batch_idx_trai
     ``model_avg`` may live on another device and in another dtype than ``model`` (training
     keeps a float64 average on the CPU while the model trains on a GPU): each tensor of
     ``model`` is copied to the average's device and dtype.
+
+    Frozen parameters of ``model`` (the base under adapters) are left as they are: the
+    average of a constant is that constant. A tensor listed under two names (LoRA's
+    ``out_proj.l.weight`` is ``out_proj.weight``) is updated once. Keep ``model_avg``
+    unmerged (never in eval mode), so that its state dict holds its parameters.
     """
     weight_cur = average_period / batch_idx_train
     cur = model.state_dict()
+    frozen = {n for n, p in model.named_parameters(remove_duplicate=False)
+              if not p.requires_grad}
+    seen: set[int] = set()
     with torch.no_grad():
         for k, v in model_avg.state_dict().items():
-            if v.is_floating_point():
-                v.mul_(1.0 - weight_cur).add_(cur[k].to(device=v.device, dtype=v.dtype),
-                                              alpha=weight_cur)
+            if not v.is_floating_point() or k in frozen or v.data_ptr() in seen:
+                continue
+            if v.numel():
+                seen.add(v.data_ptr())
+            v.mul_(1.0 - weight_cur).add_(cur[k].to(device=v.device, dtype=v.dtype),
+                                          alpha=weight_cur)
 
 
 _CKPT_RE = re.compile(r"checkpoint-(\d+)\.pt$")

@@ -29,7 +29,7 @@ ARCHITECTURE_KEYS = (*PER_STACK_FLAGS, "pos_dim", "decoder_dim", "joiner_dim", "
                      "chunk_size", "left_context_frames", "use_transducer", "use_ctc",
                      "context_size")
 # ... and what a fine-tuning run adds to it (taken when decoding or resuming that run).
-ADAPTER_KEYS = ("adapter_dim", "use_lora", "lora_r")
+ADAPTER_KEYS = ("adapter_dim", "lora_r")  # the switches stay the recipe's and the flags'
 MODEL_KEYS = ARCHITECTURE_KEYS + ADAPTER_KEYS
 
 

@@ -32,6 +32,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: N817 (PyTorch idiom)
 
+from icefall.adapter_files import (
+    adapter_fields,
+    base_checkpoint_of,
+    base_fingerprint,
+    is_adapter_only,
+)
 from icefall.amp import (
     GradScaleGuard,
     Precision,
@@ -61,9 +67,12 @@ from icefall.dist import (
 from icefall.errors import TrainingStoppedError
 from icefall.files import atomic_copy, remove_stale_temporaries
 from icefall.finetune import (
+    choose_checkpoint_contents,
     finetune_state,
+    load_adapter_run_base,
     load_finetune_checkpoint,
     setup_trainable_parameters,
+    trains_adapters,
 )
 from icefall.hooks import register_inf_check_hooks
 from icefall.metrics import MetricsTracker
@@ -88,8 +97,13 @@ from icefall.preflight import (
 )
 from icefall.utils import AttributeDict, setup_logger
 from icefall.zipformer import (
+    adapter_config_from_params,
+    adapter_parameter_names,
     adapter_parameters,
+    adapter_state_dict,
     get_model,
+    load_adapter_state_dict,
+    lora_modules,
     model_config,
     set_adapter_training,
 )
@@ -218,7 +232,7 @@ def build_model(params: AttributeDict) -> nn.Module:
             raise ValueError("--do-finetune 1 needs --finetune-ckpt")
         load_finetune_checkpoint(model, params.finetune_ckpt, params.init_modules,
                                  allow_unsafe=params.trust_checkpoint)
-    setup_trainable_parameters(model, params.use_adapters)
+    setup_trainable_parameters(model, trains_adapters(params))
     return model
 
 
@@ -226,11 +240,11 @@ def make_optimizer(model: nn.Module, params: AttributeDict) -> tuple[ScaledAdam,
     """ScaledAdam over the trainable parameters only, and the Eden schedule.
 
     ScaledAdam sizes each update by the parameter's rms, floored at ``param_min_rms``
-    (1e-5 by default). Adapters start with ``out_proj`` at zero, where that floor would
-    leave them almost still, so their parameters form groups with the floor
-    ``--adapter-min-rms``.
+    (1e-5 by default). Bottleneck adapters start with ``out_proj`` at zero, where that floor
+    would leave them almost still, so their parameters form groups with the floor
+    ``--adapter-min-rms``; LoRA keeps the default floor, as icefall's zipformer_lora does.
     """
-    adapter_ids = {id(p) for p in adapter_parameters(unwrap(model))}
+    adapter_ids = {id(p) for p in adapter_parameters(unwrap(model), min_rms_kinds_only=True)}
     groups = []
     for g in get_parameter_groups_with_lrs(model, lr=params.base_lr, include_names=True):
         named = [(n, p) for n, p in g["named_params"] if p.requires_grad]
@@ -248,19 +262,34 @@ def make_optimizer(model: nn.Module, params: AttributeDict) -> tuple[ScaledAdam,
     return optimizer, scheduler
 
 
-def load_resume_checkpoint(params: AttributeDict, model: nn.Module,
-                           model_avg: nn.Module | None) -> dict[str, Any] | None:
-    """Loads model (and model_avg) from the resume checkpoint and restores the counters
-    in params; returns the checkpoint for the optimizer, scheduler, sampler and RNG."""
+def read_resume_checkpoint(params: AttributeDict) -> dict[str, Any] | None:
+    """The checkpoint --start-batch / --start-epoch resume from (None for a new run)."""
     filename = resume_filename(params)
     if filename is None:
         return None
-    data = load_checkpoint_file(filename, allow_unsafe=params.trust_checkpoint)
+    return load_checkpoint_file(filename, allow_unsafe=params.trust_checkpoint)
+
+
+def load_resume_checkpoint(params: AttributeDict, model: nn.Module,
+                           model_avg: nn.Module | None,
+                           data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Loads model (and model_avg) from the resume checkpoint ``data`` and restores the
+    counters in params; returns it for the optimizer, scheduler, sampler and RNG. An
+    adapter-only checkpoint loads the adapters (its base is loaded already:
+    :func:`icefall.finetune.load_adapter_run_base`)."""
+    filename = resume_filename(params)
+    if data is None:
+        return None
     state = model_state_from(data, filename)
-    check_state_dict_fits(model, state, filename)
-    model.load_state_dict(state)
-    if model_avg is not None and data.get("model_avg") is not None:
-        model_avg.load_state_dict(data["model_avg"])
+    if is_adapter_only(data):
+        load_adapter_state_dict(model, state)
+        if model_avg is not None and data.get("model_avg") is not None:
+            load_adapter_state_dict(model_avg, data["model_avg"])
+    else:
+        check_state_dict_fits(model, state, filename)
+        model.load_state_dict(state)
+        if model_avg is not None and data.get("model_avg") is not None:
+            model_avg.load_state_dict(data["model_avg"])
     saved = data.get("params") or {}
     for k in ("best_train_epoch", "best_valid_epoch", "batch_idx_train", "best_train_loss",
               "best_valid_loss", "num_bad_batches"):
@@ -278,22 +307,33 @@ def save_training_checkpoint(filename: Path, params: AttributeDict, model: nn.Mo
                              model_avg: nn.Module | None, optimizer, scheduler, scaler,
                              sampler) -> None:
     """Writes everything needed to resume exactly (plain types and CPU tensors, so that
-    the file loads on any device; atomically)."""
+    the file loads on any device; atomically). With ``params.adapter_only_checkpoints`` the
+    model and its average hold only the adapters, and the file names its base
+    (:mod:`icefall.adapter_files`)."""
+    base = unwrap(model)
+    state = base.state_dict()
     avg = None if model_avg is None else {k: v.float() for k, v in
                                          model_avg.state_dict().items()}
-    for state in (unwrap(model).state_dict(), avg or {}):
-        bad = next((k for k, v in state.items() if v.is_floating_point()
+    extra: dict[str, Any] = {}
+    if params.get("adapter_only_checkpoints"):
+        state = adapter_state_dict(base)
+        avg = None if avg is None else {k: avg[k] for k in state}
+        fingerprint = params.get("base_fingerprint") or base_fingerprint(base)  # other ranks
+        extra = adapter_fields(base.adapter_config, fingerprint, params.base_checkpoint,
+                               model_config(params))
+    for state_ in (state, avg or {}):
+        bad = next((k for k, v in state_.items() if v.is_floating_point()
                     and not bool(torch.isfinite(v).all())), None)
         if bad is not None:
             raise TrainingStoppedError(
                 f"parameter {bad} is not finite at batch {params.batch_idx_train}: not writing "
                 f"{filename}; earlier checkpoints in {Path(filename).parent} are kept")
-    save_checkpoint(filename, model=unwrap(model).state_dict(), model_avg=avg,
+    save_checkpoint(filename, model=state, model_avg=avg,
                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                     grad_scaler=scaler.state_dict(),
                     sampler=None if sampler is None else sampler.state_dict(),
                     params=plain_params(params), rng=get_rng_state(),
-                    whiten_state=whiten_state(unwrap(model)))
+                    whiten_state=whiten_state(base), **extra)
     logging.info(f"Saved {filename}")
 
 
@@ -383,6 +423,8 @@ def compute_validation_loss(params: AttributeDict, model: nn.Module, sp, valid_d
         tot.reduce(next(model.parameters()).device)
     for m, mode in was_training.items():
         m.training = mode
+    for m in lora_modules(model):  # LoRA merged in eval mode: unmerged again where training
+        m.train(m.training)
     value = tot["loss"] / max(tot["frames"], 1.0)
     if update_best and value < params.best_valid_loss:
         params.best_valid_epoch, params.best_valid_loss = params.cur_epoch, value
@@ -424,8 +466,9 @@ def adjusted_batch_count(params: AttributeDict) -> float:
 
 
 def set_train_mode(model: nn.Module, params: AttributeDict) -> None:
-    """Adapters only: the base stays in eval mode. Otherwise the whole model trains."""
-    if params.use_adapters:
+    """Adapters only (any kind, LoRA too): the base stays in eval mode. Otherwise the whole
+    model trains."""
+    if trains_adapters(params):
         set_adapter_training(unwrap(model))
     else:
         model.train()
@@ -674,8 +717,13 @@ def _make_model(params: AttributeDict, rank: int, world_size: int, device: torch
     """(model on device, DDP-wrapped with several ranks; float64 average on the CPU on rank
     0; the resume checkpoint)."""
     model = build_model(params)
+    data = read_resume_checkpoint(params)
+    if data is not None and is_adapter_only(data):
+        params.base_checkpoint, params.base_fingerprint = load_adapter_run_base(
+            params, model, data, resume_filename(params))
+    choose_checkpoint_contents(params, model, rank, resuming=data is not None)
     model_avg = copy.deepcopy(model).to(torch.float64) if rank == 0 else None
-    checkpoint = load_resume_checkpoint(params, model, model_avg)
+    checkpoint = load_resume_checkpoint(params, model, model_avg, data)
     if params.inf_check:
         register_inf_check_hooks(model)
     model.to(device)
@@ -843,16 +891,40 @@ def set_mux_weights(params: AttributeDict) -> None:
 
 def check_finetune_flags(params: AttributeDict, resuming: bool) -> None:
     """A new fine-tuning run needs --finetune-ckpt; adapters (or LoRA) never train on a
-    randomly initialised frozen base (icefall refuses that too)."""
+    randomly initialised frozen base (icefall refuses that too); LoRA needs a rank."""
+    if params.get("use_lora") and int(params.get("lora_r") or 0) < 1:
+        raise ValueError(f"--use-lora 1 needs --lora-r R >= 1 (got {params.get('lora_r')}; "
+                         "icefall's default 0 means no LoRA)")
+    adapter = adapter_config_from_params(params)  # both kinds at once is an error
     if resuming:
         return
     if params.do_finetune and params.finetune_ckpt is None:
         raise ValueError("--do-finetune 1 needs --finetune-ckpt (the pretrained checkpoint)")
-    if params.use_adapters and not params.do_finetune:
-        raise ValueError("--use-adapters 1 with --do-finetune 0 and nothing to resume would "
+    if adapter is not None and not params.do_finetune:
+        flag = "--use-lora 1" if adapter.kind == "lora" and params.get("use_lora") \
+            else "--use-adapters 1"
+        raise ValueError(f"{flag} with --do-finetune 0 and nothing to resume would "
                          "train adapters on a random, frozen base: pass --do-finetune 1 "
                          "--finetune-ckpt PRETRAINED.pt, or resume with "
                          "--start-epoch/--start-batch")
+
+
+def check_resume_fits(params: AttributeDict, model: nn.Module, data: dict[str, Any],
+                      resume: Path) -> None:
+    """The resume checkpoint fits the model of the flags; an adapter-only one, its adapters
+    and its base (which must exist)."""
+    state = model_state_from(data, resume)
+    if not is_adapter_only(data):
+        check_fits_flags(model, state, resume, params, stored_model_config(data))
+        return
+    base = base_checkpoint_of(data, resume, params.finetune_ckpt)
+    finetune_state(model, base, None, allow_unsafe=params.trust_checkpoint)
+    adapters = set(adapter_parameter_names(model))
+    if not adapters:
+        raise ValueError(f"{resume} holds adapter weights only: resume it with the adapter "
+                         "flags it was trained with (--use-adapters 1 or --use-lora 1)")
+    check_state_dict_fits(model, state, resume,
+                          [k for k in model.state_dict() if k not in adapters])
 
 
 def check_training_inputs(params: AttributeDict) -> None:
@@ -876,8 +948,7 @@ def check_training_inputs(params: AttributeDict) -> None:
         model = get_model(params)
     if resume is not None:
         data = load_checkpoint_file(resume, allow_unsafe=params.trust_checkpoint)
-        check_fits_flags(model, model_state_from(data, resume), resume, params,
-                         stored_model_config(data))
+        check_resume_fits(params, model, data, resume)
         check_resume_data(params, data.get("params") or {}, resume, params.start_batch > 0)
     elif params.do_finetune:
         finetune_state(model, params.finetune_ckpt, params.init_modules,

@@ -96,7 +96,8 @@ def base_run(corpus, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def adapter_run(corpus, base_run, tmp_path_factory):
-    """exp dir of adapters (dim 8) fine-tuned on domain B from base_run's epoch-8.pt."""
+    """exp dir of adapters (dim 8) fine-tuned on domain B from base_run's epoch-8.pt (its
+    checkpoints hold the adapters only, the default)."""
     from runs import ADAPTER, train_args
 
     from icefall.cli.train import main
@@ -143,4 +144,19 @@ def causal_adapter_run(streaming_corpus, causal_run, tmp_path_factory):
                                     "--finetune-ckpt", str(causal_run / "epoch-6.pt"),
                                     "--use-adapters", "1", "--adapter-dim", "8",
                                     *CAUSAL_FLAGS))
+    return exp
+
+
+@pytest.fixture(scope="session")
+def lora_run(corpus, base_run, tmp_path_factory):
+    """exp dir of LoRA (rank 4, icefall's layers and the joiner's) fine-tuned on domain B from
+    base_run's epoch-8.pt by zipformer_lora/finetune.py."""
+    from runs import LORA, train_args
+
+    from icefall.cli.train import main
+
+    exp = tmp_path_factory.mktemp("lora")
+    main(LORA.train, train_args(corpus, exp, "b", 2, "--do-finetune", "1",
+                                 "--finetune-ckpt", str(base_run / "epoch-8.pt"),
+                                 "--lora-r", "4", "--adapter-targets", "encoder,joiner"))
     return exp

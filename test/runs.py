@@ -13,7 +13,7 @@ RECIPES = ROOT / "egs" / "librispeech" / "ASR"
 
 
 def _load_recipes():
-    """egs/librispeech/ASR/recipes.py: the two recipes' defaults (as their scripts load it)."""
+    """egs/librispeech/ASR/recipes.py: the recipes' defaults (as their scripts load it)."""
     spec = importlib.util.spec_from_file_location("librispeech_recipes", RECIPES / "recipes.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
@@ -22,7 +22,7 @@ def _load_recipes():
 
 
 _RECIPES = _load_recipes()
-BASE, ADAPTER = _RECIPES.BASE, _RECIPES.ADAPTER
+BASE, ADAPTER, LORA = _RECIPES.BASE, _RECIPES.ADAPTER, _RECIPES.LORA
 
 
 def model_flags(adapter_dim: int | None = None) -> list[str]:

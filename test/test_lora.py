@@ -17,6 +17,7 @@ from icefall.zipformer import (
     LoRALinear,
     adapter_parameter_names,
     adapter_state_dict,
+    add_adapters,
     add_lora,
     count_parameters,
     freeze_all_but_adapters,
@@ -294,7 +295,10 @@ def test_get_model_builds_lora_only_when_asked():
         get_model(tiny_params(use_lora=True, lora_r=-1))
     with pytest.raises(ValueError, match="lora-r"):
         add_lora(get_model(tiny_params()), 0)
-    model = _lora_model(use_adapters=True)  # both kinds together
+    with pytest.raises(ValueError, match="one kind"):  # one adapter, one kind
+        _lora_model(use_adapters=True)
+    model = _lora_model()
+    assert add_adapters(model, 8) == 4 * 7  # both kinds together, at the model level
     assert add_lora(model, R) == 0  # already there
     assert set(adapter_parameter_names(model)) > _lora_names(model)
 
@@ -354,3 +358,28 @@ def test_merging_keeps_float32_under_autocast_and_runs_on_the_meta_device():
     model.eval()
     assert all(m.merged for m in lora_modules(model))
     assert list(model.state_dict()) == list(_lora_model().state_dict())
+
+
+def test_running_average_updates_a_shared_weight_once_and_leaves_frozen_ones():
+    """out_proj.l.weight is out_proj.weight: one update, avg * (1 - w) + cur * w. Frozen
+    parameters (the base under LoRA) are constants: the average keeps them as they are."""
+    from icefall.checkpoint import update_averaged_model
+
+    model = _lora_model()
+    _randomise_lora(model)
+    model.requires_grad_(True)  # everything trains (the shared weight too)
+    avg = copy.deepcopy(model).to(torch.float64)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    name = next(k for k in lora_weight_aliases(model).values())
+    before = avg.state_dict()[name].clone()
+    update_averaged_model(avg, model, batch_idx_train=4, average_period=1)
+    expected = before * 0.75 + model.state_dict()[name].double() * 0.25
+    assert torch.allclose(avg.state_dict()[name], expected, atol=1e-12)
+    freeze_all_but_adapters(model)
+    frozen = {k: v.clone() for k, v in avg.state_dict().items()}
+    update_averaged_model(avg, model, batch_idx_train=8, average_period=1)
+    lora = _lora_names(model)
+    for k, v in avg.state_dict().items():
+        assert torch.equal(v, frozen[k]) == (k not in lora), k

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TRAIN_MODEL
 from runs import ADAPTER, BASE, RECIPES, one_error_line, run_script, train_args
 
+from icefall.adapter_files import is_adapter_only, state_fingerprint
 from icefall.checkpoint import load_checkpoint_file
 from icefall.cli.train import get_parser, main
 from icefall.data import AsrDataModule, load_bpe_model, load_cuts
@@ -59,14 +61,26 @@ def test_two_epochs_lower_the_validation_loss(corpus, base_run):
         assert key in ckpt, key
 
 
-def test_adapter_finetuning_keeps_the_base_bit_identical(corpus, base_run, adapter_run):
+@pytest.fixture(scope="module")
+def whole_adapter_run(corpus, base_run, tmp_path_factory):
+    """adapter_run's first epoch again, with --save-full-checkpoints 1."""
+    exp = tmp_path_factory.mktemp("adapt_whole")
+    main(ADAPTER.train, train_args(corpus, exp, "b", 1, "--do-finetune", "1",
+                                   "--finetune-ckpt", str(base_run / "epoch-8.pt"),
+                                   "--use-adapters", "1", "--adapter-dim", "8",
+                                   "--save-full-checkpoints", "1"))
+    return exp
+
+
+def test_adapter_finetuning_keeps_the_base_bit_identical(corpus, base_run, whole_adapter_run):
     base = load_checkpoint_file(base_run / "epoch-8.pt")["model"]
-    exp = adapter_run
+    exp = whole_adapter_run
     tuned = load_checkpoint_file(exp / "epoch-1.pt")
     adapters = set(adapter_parameter_names(get_model(tuned["params"]["model"])))
     assert adapters and set(tuned["model"]) == set(base) | adapters
     for key, value in base.items():
         assert torch.equal(tuned["model"][key], value), key
+        assert torch.equal(tuned["model_avg"][key], value), key  # frozen: averaged as is
     changed = [k for k in adapters if k.endswith("out_proj.weight")
                and tuned["model"][k].abs().sum() > 0]
     assert len(changed) == len([k for k in adapters if k.endswith("out_proj.weight")])
@@ -77,6 +91,31 @@ def test_adapter_finetuning_keeps_the_base_bit_identical(corpus, base_run, adapt
     b_before = valid_loss(corpus, fresh, tuned["params"], "b")
     b_after = valid_loss(corpus, tuned["model"], tuned["params"], "b")
     assert b_after < b_before
+
+
+def test_adapter_only_checkpoints_hold_what_trains(base_run, adapter_run, whole_adapter_run):
+    """The same epoch of the same run, adapter-only (the default) and whole: the adapters,
+    their average and the optimizer state are equal; the rest is the base's path and
+    fingerprint, and the file is a few percent of the whole one."""
+    only = load_checkpoint_file(adapter_run / "epoch-1.pt")
+    whole = load_checkpoint_file(whole_adapter_run / "epoch-1.pt")
+    base = load_checkpoint_file(base_run / "epoch-8.pt")["model"]
+    adapters = set(adapter_parameter_names(get_model(only["params"]["model"])))
+    assert set(only["model"]) == set(only["model_avg"]) == adapters
+    for key in ("model", "model_avg"):
+        for k in adapters:
+            assert torch.allclose(only[key][k], whole[key][k], atol=1e-6), (key, k)
+    assert only["optimizer"]["state"].keys() == whole["optimizer"]["state"].keys()
+    assert only["base_checkpoint"] == str((base_run / "epoch-8.pt").resolve())
+    assert only["base_fingerprint"] == state_fingerprint(base)
+    assert only["adapter"] == {"name": "default", "kind": "residual", "dim": 8,
+                               "targets": ["encoder"]}
+    assert whole["adapter"] == only["adapter"] and not is_adapter_only(whole)
+    size = (adapter_run / "epoch-1.pt").stat().st_size
+    assert size < 0.1 * (whole_adapter_run / "epoch-1.pt").stat().st_size
+    for name in ("best-train-loss.pt", "best-valid-loss.pt"):
+        if (adapter_run / name).exists():
+            assert is_adapter_only(load_checkpoint_file(adapter_run / name))
 
 
 def test_resume_from_mid_epoch_checkpoint_is_exact(corpus, tmp_path):

@@ -23,6 +23,7 @@ from icefall.cli.model import (
     add_model_arguments,
     given_flags,
     parse_with_given_flags,
+    resolve_adapter_switches,
 )
 from icefall.cli.onnx import add_onnx_model_arguments
 from icefall.decode.recipe import (
@@ -44,6 +45,7 @@ class DecodeRecipe:
     use_adapters: bool
     test_sets: str  # NAME=MANIFEST pairs in --manifest-dir
     gigaspeech_scoring: bool
+    use_lora: bool = False
 
 
 def add_test_set_arguments(parser: argparse.ArgumentParser, recipe: DecodeRecipe) -> None:
@@ -81,7 +83,7 @@ def get_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
     add_decoding_arguments(parser)
     add_test_set_arguments(parser, recipe)
     add_model_arguments(parser)
-    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
+    add_adapter_arguments(parser, recipe.use_adapters, recipe.use_lora, inference=True)
     add_dataloading_arguments(parser)
     return parser
 
@@ -99,6 +101,7 @@ def main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
     stderr and exit status 1."""
     parser = get_parser(recipe)
     args = parser.parse_args(argv)
+    resolve_adapter_switches(args, recipe.use_adapters, recipe.use_lora)
     params = vars(args)
     params["given_flags"] = given_flags(parser, argv)
     wers = run_guarded(decode_checkpoint, params, recipe.gigaspeech_scoring)

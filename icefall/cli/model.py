@@ -11,7 +11,9 @@ import argparse
 from pathlib import Path
 
 from icefall.cli.flags import nonnegative_int, positive_int, str2bool
+from icefall.zipformer.adapter_kinds import adapter_kinds
 from icefall.zipformer.build import MODEL_DEFAULTS, PER_STACK_FLAGS
+from icefall.zipformer.placement import PRESETS, check_adapter_name
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,15 +43,85 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Decoder context: 1 is bigram, 2 is trigram.")
 
 
-def add_adapter_arguments(parser: argparse.ArgumentParser,
-                          use_adapters_default: bool = True) -> None:
-    """--use-adapters and --adapter-dim (the zipformer_adapter recipe's flags)."""
-    parser.add_argument("--use-adapters", type=str2bool, default=use_adapters_default,
-                        help="1 to insert residual adapters into every encoder layer (and "
-                             "use them); 0 runs the base model, even from an adapter "
-                             "checkpoint.")
-    parser.add_argument("--adapter-dim", type=positive_int, default=MODEL_DEFAULTS["adapter_dim"],
-                        help="Bottleneck dimension of each adapter.")
+def add_adapter_arguments(parser: argparse.ArgumentParser, use_adapters_default: bool = True,
+                          use_lora_default: bool = False, inference: bool = False) -> None:
+    """--use-adapters --adapter-dim (zipformer_adapter's) and --use-lora --lora-r
+    (zipformer_lora's); for training also --adapter-kind --adapter-targets --adapter-name,
+    for decoding, export and transcription --adapter-name --adapter-file --base-checkpoint.
+
+    With ``inference``, --use-adapters and --use-lora default to None: see
+    :func:`resolve_adapter_switches`.
+    """
+    a = parser.add_argument
+    a("--use-adapters", type=str2bool, default=None if inference else use_adapters_default,
+      help="1 to use adapters (training: add them, --adapter-kind at --adapter-targets); "
+           "0 runs the base model, even from an adapter checkpoint. "
+           f"Default: {int(use_adapters_default)}"
+           + (", or 1 with --adapter-file/--adapter-name." if inference else "."))
+    a("--adapter-dim", type=positive_int, default=MODEL_DEFAULTS["adapter_dim"],
+      help="Bottleneck dimension of each adapter (decoding reads it from the checkpoint).")
+    a("--use-lora", type=str2bool, default=None if inference else use_lora_default,
+      help="1 for LoRA as icefall's zipformer_lora (rank --lora-r); 0 runs the base model, "
+           f"even from a LoRA checkpoint. Default: {int(use_lora_default)}.")
+    a("--lora-r", type=nonnegative_int, default=MODEL_DEFAULTS["lora_r"],
+      help="LoRA rank (icefall: 0 means no LoRA; decoding reads it from the checkpoint).")
+    if inference:
+        add_adapter_choice_arguments(parser)
+    else:
+        add_adapter_training_arguments(parser)
+
+
+def add_adapter_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """--adapter-kind, --adapter-targets, --adapter-name of a training run."""
+    a = parser.add_argument
+    a("--adapter-kind", type=str, default=MODEL_DEFAULTS["adapter_kind"],
+      choices=adapter_kinds(),
+      help="With --use-adapters 1: the registered adapter kind (residual: the bottleneck of "
+           "zipformer_adapter; lora: as --use-lora 1 with rank --adapter-dim).")
+    a("--adapter-targets", type=str, default=MODEL_DEFAULTS["adapter_targets"],
+      help="Where adapters go: comma-separated presets (" + ", ".join(PRESETS) + ") and "
+           "fnmatch patterns over module names, e.g. 'encoder,joiner' or "
+           "'encoder.encoders.3.*,decoder'.")
+    a("--adapter-name", type=check_name, default=MODEL_DEFAULTS["adapter_name"],
+      help="The adapter's name: decoding, export and transcription choose adapters by it; "
+           "export-adapter.py writes adapter-<name>.pt.")
+
+
+def add_adapter_choice_arguments(parser: argparse.ArgumentParser) -> None:
+    """--adapter-name, --adapter-file, --base-checkpoint of decoding, export, transcription."""
+    a = parser.add_argument
+    a("--adapter-name", type=check_name, default=None,
+      help="Use the adapter of this name (of the checkpoint's and the --adapter-file ones); "
+           "needed when there are several.")
+    a("--adapter-file", type=Path, action="append", default=None,
+      help="An adapter-<name>.pt (or an adapter-only checkpoint) to use on top of the base "
+           "checkpoint; repeat for several. It must have been trained on this base.")
+    a("--base-checkpoint", type=Path, default=None,
+      help="The base model of adapter-only checkpoints, when it is no longer where they "
+           "say it is.")
+
+
+def check_name(value: str) -> str:
+    """argparse type of --adapter-name."""
+    try:
+        return check_adapter_name(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--adapter-name ", "")) from None
+
+
+def resolve_adapter_switches(args: argparse.Namespace, use_adapters_default: bool,
+                             use_lora_default: bool = False) -> argparse.Namespace:
+    """Fills --use-adapters/--use-lora left unset on an inference parser: the recipe's
+    defaults, or adapters on when --adapter-file or --adapter-name is given and neither
+    switch was."""
+    unset = args.use_adapters is None and args.use_lora is None
+    if args.use_adapters is None:
+        args.use_adapters = use_adapters_default
+    if args.use_lora is None:
+        args.use_lora = use_lora_default
+    if unset and (args.adapter_file or args.adapter_name):
+        args.use_adapters = True
+    return args
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, exp_dir: str,

@@ -59,6 +59,7 @@ class TrainRecipe:
     # Where the model's schedules (dropout, layer skipping, ...) start when fine-tuning a
     # pretrained model: batches at --ref-duration (icefall's offsets differ per script).
     finetune_batch_count: float = 1_000_000
+    use_lora: bool = False
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe) -> None:
@@ -139,7 +140,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe)
            "batches, so that a short run on little data leaves its warm-ups.")
     a("--adapter-min-rms", type=positive_float, default=0.01,
       help="ScaledAdam's param_min_rms for adapter parameters: the smallest scale their "
-           "updates are sized by, so that zero-initialised adapters can grow.")
+           "updates are sized by, so that zero-initialised adapters can grow (LoRA keeps "
+           "icefall's 1e-5).")
+    a("--save-full-checkpoints", type=str2bool, default=False,
+      help="With adapters: epoch-N.pt, checkpoint-B.pt and best-*.pt hold the whole model. "
+           "By default they hold what trains (adapters, their average, optimizer, scheduler, "
+           "sampler, RNG) and the base checkpoint's path and fingerprint.")
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe) -> None:
@@ -158,7 +164,8 @@ def get_parser(recipe: TrainRecipe) -> argparse.ArgumentParser:
     parser = ArgumentParser()
     add_training_arguments(parser, recipe)
     add_model_arguments(parser)
-    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters)
+    add_adapter_arguments(parser, use_adapters_default=recipe.use_adapters,
+                          use_lora_default=recipe.use_lora)
     add_finetune_arguments(parser, recipe)
     add_dataloading_arguments(parser)
     return parser

@@ -11,16 +11,23 @@ from pathlib import Path
 from icefall.audio import SAMPLE_RATE
 from icefall.cli import run_guarded
 from icefall.cli.flags import ArgumentParser, positive_int, str2bool
-from icefall.cli.model import add_adapter_arguments, add_model_arguments, given_flags
+from icefall.cli.model import (
+    add_adapter_arguments,
+    add_model_arguments,
+    given_flags,
+    resolve_adapter_switches,
+)
 from icefall.cli.onnx import print_texts
 from icefall.decode.search import DECODING_METHODS
 
 
-def get_parser(use_adapters_default: bool) -> argparse.ArgumentParser:
+def get_parser(use_adapters_default: bool,
+               use_lora_default: bool = False) -> argparse.ArgumentParser:
     parser = ArgumentParser()
     a = parser.add_argument
     a("--checkpoint", type=Path, required=True,
-      help="A checkpoint with a 'model' state dict (pretrained.pt, epoch-N.pt, ...).")
+      help="A checkpoint with a 'model' state dict (pretrained.pt, epoch-N.pt, ...; an "
+           "adapter-only one finds its base as decode.py does).")
     a("--tokens", type=Path, default=None,
       help="Path to tokens.txt (icefall's flag); or give --bpe-model.")
     a("--bpe-model", type=Path, default=None,
@@ -36,16 +43,18 @@ def get_parser(use_adapters_default: bool) -> argparse.ArgumentParser:
       help="Allow checkpoints that need full unpickling (only for files you trust).")
     a("sound_files", type=Path, nargs="+", help="Sound files (any format libsndfile reads).")
     add_model_arguments(parser)
-    add_adapter_arguments(parser, use_adapters_default=use_adapters_default)
+    add_adapter_arguments(parser, use_adapters_default, use_lora_default, inference=True)
     return parser
 
 
-def main(use_adapters_default: bool, argv: list[str] | None = None) -> list[str]:
+def main(use_adapters_default: bool, argv: list[str] | None = None,
+         use_lora_default: bool = False) -> list[str]:
     """pretrained.py; bad input is one line on stderr and exit status 1."""
     from icefall.decode.transcribe import transcribe_files
 
-    parser = get_parser(use_adapters_default)
-    args = parser.parse_args(argv)
+    parser = get_parser(use_adapters_default, use_lora_default)
+    args = resolve_adapter_switches(parser.parse_args(argv), use_adapters_default,
+                                    use_lora_default)
     if (args.tokens is None) == (args.bpe_model is None):
         parser.error("give --tokens (tokens.txt) or --bpe-model, one of them")
     logging.basicConfig(level=logging.WARNING)

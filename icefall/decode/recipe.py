@@ -34,7 +34,7 @@ from icefall.decode.search import decode_batch, decoding_key
 from icefall.files import remove_stale_temporaries
 from icefall.inference import checkpoint_suffix, load_model_with_notes
 from icefall.utils import setup_logger
-from icefall.zipformer import has_adapters
+from icefall.zipformer import DEFAULT_ADAPTER_NAME, active_adapter, named_adapters
 
 Result = tuple[str, list[str], list[str]]  # (cut id, reference words, hypothesis words)
 BatchDecoder = Callable[[dict], list[str]]  # a lhotse batch -> N hypothesis texts
@@ -152,11 +152,16 @@ def results_suffix(params: Mapping[str, Any]) -> str:
     return suffix
 
 
-def adapter_state_tag(model: nn.Module, params: Mapping[str, Any]) -> str:
-    """``-adapters-off`` when ``model`` has adapters and they are switched off, else ``""``
-    (adapters on keep icefall's names), so that decoding one checkpoint with adapters on and
-    off never writes the same report files."""
-    return "-adapters-off" if has_adapters(model) and not params["use_adapters"] else ""
+def adapter_state_tag(model: nn.Module) -> str:
+    """What the report names say about adapters: ``-adapters-off`` when ``model`` holds
+    adapters and none is in use, ``-adapter-<name>`` when a named adapter other than
+    ``default`` is in use, else ``""`` (the default adapter on keeps icefall's names). So
+    decoding one checkpoint with adapters on and off, or with several adapters, never
+    writes the same report files."""
+    name = active_adapter(model)
+    if name is None:
+        return "-adapters-off" if named_adapters(model) else ""
+    return "" if name == DEFAULT_ADAPTER_NAME else f"-adapter-{name}"
 
 
 def context_graph_of(params: Mapping[str, Any], sp):
@@ -213,7 +218,7 @@ def decode_checkpoint(params: Mapping[str, Any], gigaspeech_scoring: bool
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     # model flags not given on the command line come from the checkpoint
     model, notes = load_model_with_notes(params, device)
-    suffix = results_suffix(params) + adapter_state_tag(model, params)
+    suffix = results_suffix(params) + adapter_state_tag(model)
     key = decoding_key(params["decoding_method"], params["beam_size"], params["beam"],
                        params["max_contexts"], params["max_states"])
     if graph is not None:  # icefall's tag of a biased search
@@ -277,7 +282,7 @@ def decode_ctc_checkpoint(params: Mapping[str, Any]) -> dict[str, list[tuple[str
         suffix += f"-beam-{params['beam']}"
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     model, notes = load_model_with_notes(params, device)
-    suffix += adapter_state_tag(model, params)
+    suffix += adapter_state_tag(model)
     return decode_test_sets(params, cuts, ctc_decoder(model, sp, params), res_dir, key,
                             f"{key}-{suffix}", False, notes)
 

@@ -22,6 +22,12 @@ compare them).
 
 Pass what ``project_encoder`` and ``decoder_out`` return only to ``logits``.
 
+Adapters in the decoder or joiner (``--adapter-targets decoder,joiner``): an output adapter
+on the decoder acts on the table sum after its activation; a projection or output layer that
+is not a plain linear layer (an output adapter on it, or LoRA unmerged;
+:func:`icefall.zipformer.cpu_linear.plain_linear`) is called as a module, its output doubled,
+and the output layer then gets ``2 sigmoid(2h) - 1 = tanh(h)``. Merged LoRA is plain.
+
 Dimension legend: M = rows (hypotheses or utterances), E = rows that emit a label,
 K = decoder context size, C = encoder output dim, D = decoder dim, J = joiner dim,
 V = vocab size.
@@ -34,7 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from icefall.zipformer.cpu_linear import decoding_linear
+from icefall.zipformer.cpu_linear import decoding_linear, plain_linear
 from icefall.zipformer.derived import derived
 
 
@@ -53,9 +59,10 @@ class TransducerStep:
         self._decoder = decoder
         self._table_stack = decoder.step_tables()  # (K, V + 1, D)
         self._tables = self._table_stack.unbind(0)  # K x (V + 1, D)
-        self._project_encoder = decoding_linear(doubled(joiner.encoder_proj))
-        self._project_decoder = decoding_linear(doubled(joiner.decoder_proj))
-        self._output = decoding_linear(sigmoid_form(joiner.output_linear))
+        self._decoder_adapter = getattr(decoder, "output_adapter", None)
+        self._project_encoder = _doubled_projection(joiner.encoder_proj)
+        self._project_decoder = _doubled_projection(joiner.decoder_proj)
+        self._output = _output_layer(joiner.output_linear)
 
     def initial_context(self) -> list[int]:
         """Label ids before the first label: ``[-1] * (K - 1) + [blank_id]``."""
@@ -110,11 +117,28 @@ class TransducerStep:
     def _activate_and_project(self, full: Tensor) -> Tensor:
         """(M, D) table sum (left unchanged) -> (M, J): the decoder's activation (ReLU when
         K > 1), then the doubled projection."""
-        return self._project_decoder(full.relu() if self.context_size > 1 else full)
+        out = full.relu() if self.context_size > 1 else full
+        if self._decoder_adapter is not None:
+            out = self._decoder_adapter(out)
+        return self._project_decoder(out)
 
     def logits(self, enc: Tensor, dec: Tensor) -> Tensor:
         """(M, J) doubled encoder frames and decoder outputs -> (M, V) joiner logits."""
         return self._output((enc + dec).sigmoid_())
+
+
+def _doubled_projection(layer: nn.Module) -> Callable[[Tensor], Tensor]:
+    """x (..., I) -> twice ``layer(x)``: a doubled plain copy, or the module times two."""
+    if plain_linear(layer):
+        return decoding_linear(doubled(layer))
+    return lambda x: layer(x).mul_(2.0)
+
+
+def _output_layer(layer: nn.Module) -> Callable[[Tensor], Tensor]:
+    """s = sigmoid(2h) (M, J) -> ``layer(tanh(h))`` (M, V)."""
+    if plain_linear(layer):
+        return decoding_linear(sigmoid_form(layer))
+    return lambda s: layer(s * 2.0 - 1.0)
 
 
 def doubled(layer: nn.Linear) -> nn.Linear:

@@ -97,7 +97,7 @@ def decode_streaming_checkpoint(params: Mapping[str, Any]
     res_dir = params["res_dir"] or Path(params["exp_dir"]) / "streaming" / method
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     model = load_model(params, device)
-    suffix = streaming_suffix(params) + adapter_state_tag(model, params)
+    suffix = streaming_suffix(params) + adapter_state_tag(model)
     if params.get("label"):
         suffix += f"-{params['label']}"
     key = decoding_key(method, params["num_active_paths"])

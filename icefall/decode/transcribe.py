@@ -21,7 +21,7 @@ from icefall.checkpoint import load_checkpoint_file, model_state_from, strip_ddp
 from icefall.data import load_bpe_model, make_fbank_extractor
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.decode.search import decode_batch
-from icefall.inference import model_from_state
+from icefall.inference import INFO_KEYS, model_from_state
 from icefall.model_config import MODEL_KEYS, apply_model_config, stored_model_config
 from icefall.token_table import set_dims_from_tokens, tokens_to_text
 
@@ -71,7 +71,9 @@ def text_decoder(params: dict[str, Any]) -> Callable[[list[list[int]]], list[str
 
 def transcribe_files(params: Mapping[str, Any]) -> list[str]:
     """pretrained.py: the text of each of ``params["sound_files"]`` with the checkpoint
-    ``params["checkpoint"]`` and ``params["tokens"]`` (or the BPE model
+    ``params["checkpoint"]`` (a whole model, or adapters only with their base found as
+    decoding finds it), the ``adapter_file`` files and ``adapter_name``
+    (:mod:`icefall.inference`), and ``params["tokens"]`` (or the BPE model
     ``params["bpe_model"]``)."""
     params = dict(params)
     to_text = text_decoder(params)
@@ -80,6 +82,7 @@ def transcribe_files(params: Mapping[str, Any]) -> list[str]:
     state = strip_ddp_prefix(model_state_from(data, params["checkpoint"]))
     stored = stored_model_config(data)
     apply_model_config(params, stored, MODEL_KEYS, params["checkpoint"])  # logs nothing
-    model = model_from_state(params, state, str(params["checkpoint"]), stored).eval()
+    info = {k: data[k] for k in INFO_KEYS if k in data}
+    model = model_from_state(params, state, str(params["checkpoint"]), info, stored).eval()
     return transcribe(model, to_text, waves, params["sample_rate"], params["method"],
                       params["beam_size"], params["max_sym_per_frame"])

@@ -18,10 +18,15 @@ and of the decoder's embedding Gather, as icefall's adapter recipe does) and ``t
 ``<tag>`` is icefall's export tag, ``epoch-E-avg-N`` or ``iter-B-avg-N``. Opset 13, the
 TorchScript exporter (``dynamo=False``).
 
-Adapters: ``--use-adapters 1`` bakes them into the encoder graph; ``--use-adapters 0``
-removes them from the model before export, so the graph and its weights are the base
-model's, even from an adapter checkpoint. Causal models export their eval behaviour
-(the first chunk size and left context, utterances shorter than a chunk as one chunk).
+Adapters: the adapter in use (``--use-adapters 1``, ``--adapter-file``, ``--adapter-name``;
+:mod:`icefall.inference`) is baked into the graphs (an output adapter on the decoder or the
+joiner's projections goes into those graphs); LoRA is merged into the weights of a model
+built without it, as icefall's zipformer_lora export does, so the graphs and their size are
+the base model's. With adapters off (``--use-adapters 0``) nothing is installed: the graphs
+and weights are the base model's, even from an adapter checkpoint. The encoder's metadata
+says which adapter is in (``adapters``, ``adapter_name``). Causal models export their eval
+behaviour (the first chunk size and left context, utterances shorter than a chunk as one
+chunk).
 
 Dimension legend: N = batch, T = feature frames, T' = encoder frames, C = encoder output
 dim, D = decoder dim, J = joiner dim, V = vocab size, K = decoder context size.
@@ -46,7 +51,7 @@ from icefall.files import StagedFiles, atomic_write_bytes, temporary_path
 from icefall.inference import checkpoint_suffix, load_export_model
 from icefall.token_table import set_dims_from_tokens
 from icefall.utils import to_int_tuple
-from icefall.zipformer import iter_adapters
+from icefall.zipformer import installed_adapter_config, iter_adapters
 from icefall.zipformer.model import AsrModel
 
 OPSET_VERSION = 13
@@ -138,14 +143,27 @@ class ExportedFiles:
 # ---------------------------------------------------------------------------
 
 
+def adapter_metadata(model: AsrModel) -> dict[str, str]:
+    """``adapters`` (what is in the graphs: ``8 residual adapters, dim 8``, ``lora rank 8
+    merged into the weights``, ``none``) and, with one, ``adapter_name``."""
+    config = installed_adapter_config(model)
+    merged = getattr(model, "merged_adapter", None)
+    if config is not None:
+        count = sum(1 for _, a in iter_adapters(model) if a.enabled)
+        where = "" if config.targets == ("encoder",) else f" on {','.join(config.targets)}"
+        return {"adapters": f"{count} {config.kind} adapters, dim {config.dim}{where}",
+                "adapter_name": config.name}
+    if merged is not None:
+        return {"adapters": f"{merged.kind} rank {merged.dim} on {','.join(merged.targets)} "
+                            "merged into the weights", "adapter_name": merged.name}
+    return {"adapters": "none"}
+
+
 def encoder_metadata(params: Mapping[str, Any], model: AsrModel) -> dict[str, str]:
     """The encoder's metadata: what sherpa-onnx reads plus what the model is."""
-    adapters = [a for _, a in iter_adapters(model) if a.enabled]
     meta = {"model_type": "zipformer2", "version": "1", "model_author": MODEL_AUTHOR,
             "comment": "non-streaming zipformer2",
-            "feature_dim": str(model.encoder_embed.in_channels),
-            "adapters": (f"{len(adapters)} residual adapters, dim {params['adapter_dim']}"
-                         if adapters else "none")}
+            "feature_dim": str(model.encoder_embed.in_channels), **adapter_metadata(model)}
     if params.get("causal"):
         chunk = to_int_tuple(params["chunk_size"], "chunk_size")[0]
         left = to_int_tuple(params["left_context_frames"], "left_context_frames")[0]

@@ -1,12 +1,14 @@
 """Adapters: small trainable modules inserted into a frozen model.
 
-Adapters are found by type (:class:`Adapter`), never by parameter-name substrings.
-The functions here add them, switch them on and off at run time, freeze everything
-else, and save or load them on their own. The parameter, freezing, training-mode and
-adapter-state-dict helpers also cover LoRA (:class:`icefall.zipformer.lora.LoRALinear`:
-its ``lora_A``/``lora_B`` train, its base weight and bias stay frozen).
+Adapters are found by type (:class:`Adapter`, :mod:`icefall.zipformer.adapter_kinds`), never
+by parameter-name substrings. This module defines the ``residual`` kind (the
+zipformer_adapter recipe's bottleneck) and the helpers that act on every kind: switch
+adapters on and off at run time, freeze everything else, put them in training mode, and save
+or load their weights on their own. LoRA (:mod:`icefall.zipformer.lora`) is a kind like any
+other: its ``lora_A``/``lora_B`` train, the weights it wraps stay frozen.
+Where adapters go (``--adapter-targets``) is :mod:`icefall.zipformer.placement`.
 
-Dimension legend: C = embed_dim of the layer, A = adapter (bottleneck) dim.
+Dimension legend: C = embed_dim of the site, A = adapter (bottleneck) dim.
 """
 
 from __future__ import annotations
@@ -18,21 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from icefall.zipformer.adapter_kinds import Adapter, OutputAdapter, register_adapter_kind
 from icefall.zipformer.encoder import Zipformer2
 from icefall.zipformer.layer import ADAPTER_SLOTS, Zipformer2EncoderLayer
-from icefall.zipformer.lora import lora_modules, lora_parameters, lora_unmerged
+from icefall.zipformer.lora import lora_unmerged
 from icefall.zipformer.scaling import SwooshL
 
 
-class Adapter(nn.Module):
-    """Base class of every adapter kind. A disabled adapter is the identity."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enabled = True
-
-
-class ResidualAdapter(Adapter):
+@register_adapter_kind("residual")
+class ResidualAdapter(OutputAdapter):
     """x + out_proj(SwooshL(in_proj(x))), a residual bottleneck (Houlsby et al., 2019).
 
     ``out_proj`` starts at zero, so a fresh adapter changes nothing until trained.
@@ -42,9 +38,9 @@ class ResidualAdapter(Adapter):
     """
 
     def __init__(self, embed_dim: int, bottleneck_dim: int, zero_init: bool = True) -> None:
-        super().__init__()
         if bottleneck_dim < 1:
             raise ValueError(f"--adapter-dim must be >= 1, got {bottleneck_dim}")
+        super().__init__(embed_dim, bottleneck_dim)
         self.embed_dim = embed_dim
         self.bottleneck_dim = bottleneck_dim
         self.in_proj = nn.Linear(embed_dim, bottleneck_dim)
@@ -54,10 +50,8 @@ class ResidualAdapter(Adapter):
             nn.init.zeros_(self.out_proj.weight)
             nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def adapt(self, x: Tensor) -> Tensor:
         """x: (..., C) -> (..., C)."""
-        if not self.enabled:
-            return x
         return x + self.out_proj(self.activation(self.in_proj(x)))
 
 
@@ -82,8 +76,7 @@ def add_adapters(model: nn.Module, adapter_dim: int) -> int:
 
 
 def remove_adapters(model: nn.Module) -> int:
-    """Empties every adapter slot that holds an :class:`Adapter`, so the model (and any
-    export of it) is the base model.
+    """Empties every encoder adapter slot that holds an :class:`Adapter`.
 
     Returns:
       The number of adapters removed.
@@ -99,7 +92,7 @@ def remove_adapters(model: nn.Module) -> int:
 
 
 def iter_adapters(model: nn.Module) -> Iterator[tuple[str, Adapter]]:
-    """(qualified name, adapter) for every adapter in model, in module order."""
+    """(qualified name, adapter) for every adapter in model (any kind), in module order."""
     for name, m in model.named_modules():
         if isinstance(m, Adapter):
             yield name, m
@@ -129,15 +122,18 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
             a.enabled = s
 
 
-def _adapter_parameter_ids(model: nn.Module) -> set[int]:
-    ids = {id(p) for _, a in iter_adapters(model) for p in a.parameters()}
-    return ids | {id(p) for p in lora_parameters(model)}
+def _adapter_parameter_ids(model: nn.Module, min_rms_kinds_only: bool = False) -> set[int]:
+    return {id(p) for _, a in iter_adapters(model)
+            if a.uses_adapter_min_rms or not min_rms_kinds_only
+            for _, p in a.adapter_parameters()}
 
 
-def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+def adapter_parameters(model: nn.Module, min_rms_kinds_only: bool = False
+                       ) -> list[nn.Parameter]:
     """All adapter parameters (LoRA's lora_A/lora_B included), in model.parameters()
-    order."""
-    ids = _adapter_parameter_ids(model)
+    order; with ``min_rms_kinds_only`` only those of kinds trained with the
+    ``--adapter-min-rms`` floor (not LoRA's)."""
+    ids = _adapter_parameter_ids(model, min_rms_kinds_only)
     return [p for p in model.parameters() if id(p) in ids]
 
 
@@ -155,21 +151,21 @@ def freeze_all_but_adapters(model: nn.Module) -> None:
 
 
 def set_adapter_training(model: nn.Module, mode: bool = True) -> nn.Module:
-    """Puts adapters and LoRA layers in train mode ``mode`` and every other module in eval
-    mode.
+    """Puts adapters (LoRA layers included) in train mode ``mode`` and every other module
+    in eval mode.
 
     Frozen modules then behave as at inference: no dropout, no layer skipping, no
     training-time regularisers. A causal encoder still draws its chunk size and left
     context per batch from its lists while ``mode`` is true, as the base model's training
     did, so that the adapters learn every chunk configuration the model streams with
     (``model.eval()`` returns it to the first values). LoRA layers in train mode keep
-    their update unmerged (it is what trains).
+    their update unmerged (it is what trains). The other modules' flags are set directly
+    (as icefall does), so LoRA layers are not merged on the way.
     """
-    model.eval()
+    for m in model.modules():
+        m.training = False
     for _, adapter in iter_adapters(model):
         adapter.train(mode)
-    for layer in lora_modules(model):
-        layer.train(mode)
     for module in model.modules():
         if isinstance(module, Zipformer2):
             module.draw_chunk_sizes = mode

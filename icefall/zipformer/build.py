@@ -10,12 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from icefall.utils import AttributeDict, to_int_tuple
-from icefall.zipformer.adapters import add_adapters
 from icefall.zipformer.decoder import Decoder
 from icefall.zipformer.encoder import Zipformer2
 from icefall.zipformer.joiner import Joiner
-from icefall.zipformer.lora import add_lora
 from icefall.zipformer.model import AsrModel
+from icefall.zipformer.placement import adapter_config_from_params, install_adapter
 from icefall.zipformer.scaling import ScheduledFloat
 from icefall.zipformer.subsampling import Conv2dSubsampling
 
@@ -51,6 +50,11 @@ MODEL_DEFAULTS: dict[str, Any] = {
     # zipformer_lora: LoRA of rank lora_r when use_lora (and lora_r > 0, as in icefall).
     "use_lora": False,
     "lora_r": 0,
+    # The adapter's kind (with use_adapters), where it goes and its name
+    # (icefall.zipformer.placement).
+    "adapter_kind": "residual",
+    "adapter_targets": "encoder",
+    "adapter_name": "default",
     "feature_dim": 80,
     "vocab_size": 500,
     "blank_id": 0,
@@ -61,12 +65,13 @@ MODEL_DEFAULTS: dict[str, Any] = {
 def model_config(params: Mapping[str, Any] | object) -> dict[str, Any]:
     """The model-construction values of ``params`` as plain types (for checkpoints).
 
-    Missing keys take icefall's defaults.
+    Missing keys (and None values) take icefall's defaults.
     """
     src = params if isinstance(params, Mapping) else vars(params)
     cfg = {}
     for key, default in MODEL_DEFAULTS.items():
-        value = src.get(key, default)
+        value = src.get(key)
+        value = default if value is None else value
         cfg[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
     return cfg
 
@@ -101,14 +106,16 @@ def get_encoder_model(cfg: Mapping[str, Any]) -> Zipformer2:
 def get_model(params: Mapping[str, Any] | object) -> AsrModel:
     """Builds the transducer from icefall-named values (an AttributeDict, dict or Namespace).
 
-    With ``use_adapters`` true, every encoder layer gets four fresh adapters of
-    ``adapter_dim``; with ``use_lora`` true and ``lora_r`` > 0, LoRA of rank ``lora_r``
-    as icefall's zipformer_lora (see :mod:`icefall.zipformer.lora`).
+    With ``use_adapters`` true, adapters of ``adapter_kind`` (residual: the four slots of
+    every encoder layer) and ``adapter_dim`` at ``adapter_targets``; with ``use_lora`` true
+    and ``lora_r`` > 0, LoRA of rank ``lora_r`` as icefall's zipformer_lora (see
+    :func:`icefall.zipformer.placement.adapter_config_from_params`).
 
     Raises:
-      ValueError: for a negative ``lora_r``.
+      ValueError: for a negative ``lora_r``, both kinds at once, or targets naming nothing.
     """
     cfg = AttributeDict(model_config(params))
+    adapter = adapter_config_from_params(cfg)
     encoder_dims = _tuple(cfg, "encoder_dim")
     encoder_embed = Conv2dSubsampling(in_channels=int(cfg.feature_dim),
                                       out_channels=encoder_dims[0],
@@ -124,11 +131,6 @@ def get_model(params: Mapping[str, Any] | object) -> AsrModel:
                      joiner=joiner, encoder_dim=max(encoder_dims),
                      decoder_dim=int(cfg.decoder_dim), vocab_size=int(cfg.vocab_size),
                      use_transducer=bool(cfg.use_transducer), use_ctc=bool(cfg.use_ctc))
-    if cfg.use_adapters:
-        add_adapters(model, int(cfg.adapter_dim))
-    lora_r = int(cfg.lora_r)
-    if lora_r < 0:
-        raise ValueError(f"--lora-r must be >= 0, got {lora_r}")
-    if cfg.use_lora and lora_r > 0:  # icefall: rank 0 means no LoRA
-        add_lora(model, lora_r)
+    if adapter is not None:
+        install_adapter(model, adapter)
     return model

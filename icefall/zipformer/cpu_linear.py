@@ -58,10 +58,19 @@ def use_onednn(enabled: bool) -> bool:
     return previous
 
 
+def plain_linear(layer: nn.Module) -> bool:
+    """True if ``layer(x)`` is ``F.linear(x, layer.weight, layer.bias)``: a plain
+    ``nn.Linear``, or a module saying so through ``plain_forward`` (a LoRA layer merged or
+    switched off). A layer with an output adapter, or unmerged LoRA, is called as a module.
+    """
+    plain = getattr(layer, "plain_forward", None)
+    return type(layer) is nn.Linear if plain is None else bool(plain)
+
+
 def kernel_for(x: Tensor, layer: nn.Linear) -> str:
     """Which kernel :func:`linear` uses for ``layer(x)`` (x: (..., I)): "onednn" or
     "torch"."""
-    if not _enabled or torch.jit.is_tracing() or _few_rows(x):
+    if not _enabled or torch.jit.is_tracing() or _few_rows(x) or not plain_linear(layer):
         return "torch"  # the cheap tests first: a batch-1 search asks on every frame
     if (x.dtype != torch.float32 or layer.weight.dtype != torch.float32
             or x.device.type != "cpu" or torch.is_grad_enabled()):
@@ -95,8 +104,11 @@ def decoding_linear(layer: nn.Linear) -> Callable[[Tensor], Tensor]:
       layer: an ``nn.Linear`` with weight (O, I) and optional bias (O,).
     Returns:
       A function (..., I) -> (..., O) equal to ``linear(x, layer)`` for inputs of the
-      layer's dtype and device, valid while the layer's weights stay unchanged.
+      layer's dtype and device, valid while the layer's weights stay unchanged (the layer
+      itself when it is not a plain linear layer, :func:`plain_linear`).
     """
+    if not plain_linear(layer):
+        return layer
     weight, bias = layer.weight, layer.bias
     probe = weight.new_empty(MIN_ROWS, weight.size(1))  # (M, I) as the search's inputs
     if kernel_for(probe, layer) == "torch":

@@ -140,7 +140,13 @@ class Decoder(nn.Module):
         Returns:
           (K, V + 1, D): ``tables[k, v]`` is the output contribution of label v at context
           position k (0 = oldest); row V is zero (label -1, before the utterance start).
+        Raises:
+          ValueError: the embedding has LoRA that is unmerged (train mode): its weight is not
+            what the decoder computes with.
         """
+        if not getattr(self.embedding, "plain_forward", True):
+            raise ValueError("the decoder's embedding has unmerged LoRA (train mode): decode "
+                             "with the model in eval mode, where LoRA is merged")
         weights = (self.embedding.weight,)
         if self.context_size > 1:
             weights += (self.conv.weight,)

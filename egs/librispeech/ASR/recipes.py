@@ -1,8 +1,8 @@
-"""What the LibriSpeech recipes default to: their folders, whether they train adapters,
-the manifests (in --manifest-dir, written by ./prepare.sh) they train, validate and decode
-on, and the learning-rate schedules. The scripts of zipformer/ and zipformer_adapter/
-import this file; the training, decoding and export code is the library's (icefall/),
-shared by all.
+"""What the LibriSpeech recipes default to: their folders, whether they train adapters
+(residual ones or LoRA), the manifests (in --manifest-dir, written by ./prepare.sh) they
+train, validate and decode on, and the learning-rate schedules. The scripts of zipformer/,
+zipformer_adapter/ and zipformer_lora/ import this file; the training, decoding and export
+code is the library's (icefall/), shared by all.
 
 Manifest names: ``a|b`` means the first of the two that exists (GigaSpeech's manifests are
 ``gigaspeech_cuts_<part>.jsonl.gz`` when ./prepare.sh made them, ``cuts_<part>.jsonl.gz``
@@ -47,12 +47,13 @@ class Recipe:
     train: TrainRecipe
     decode: DecodeRecipe
     decode_gigaspeech: DecodeRecipe
+    use_lora: bool = False
 
 
-def _recipe(exp_dir: str, adapters: bool, train: TrainRecipe) -> Recipe:
+def _recipe(exp_dir: str, adapters: bool, train: TrainRecipe, lora: bool = False) -> Recipe:
     return Recipe(exp_dir, adapters, train,
-                  DecodeRecipe(exp_dir, adapters, LIBRISPEECH_TEST_SETS, False),
-                  DecodeRecipe(exp_dir, adapters, GIGASPEECH_TEST_SETS, True))
+                  DecodeRecipe(exp_dir, adapters, LIBRISPEECH_TEST_SETS, False, lora),
+                  DecodeRecipe(exp_dir, adapters, GIGASPEECH_TEST_SETS, True, lora), lora)
 
 
 # zipformer/: a Zipformer transducer trained on LibriSpeech (or fully fine-tuned).
@@ -75,3 +76,10 @@ ADAPTER = _recipe("zipformer_adapter/exp", True, TrainRecipe(
     "zipformer_adapter/exp", use_adapters=True, do_finetune=True, train_cuts=GIGASPEECH_TRAIN,
     valid_cuts=NEW_DOMAIN_VALID, mux_cuts=LIBRISPEECH_TRAIN,
     optional_valid_cuts=ORIGINAL_DOMAIN_VALID))
+
+# zipformer_lora/: LoRA (icefall's zipformer_lora: --use-lora 1 --lora-r R) fine-tuned on
+# GigaSpeech S, the LibriSpeech model frozen; LoRA on by default, as in icefall.
+LORA = _recipe("zipformer_lora/exp", False, TrainRecipe(
+    "zipformer_lora/exp", use_adapters=False, do_finetune=True, train_cuts=GIGASPEECH_TRAIN,
+    valid_cuts=NEW_DOMAIN_VALID, mux_cuts=LIBRISPEECH_TRAIN,
+    optional_valid_cuts=ORIGINAL_DOMAIN_VALID, use_lora=True), lora=True)

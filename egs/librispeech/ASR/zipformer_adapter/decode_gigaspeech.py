@@ -7,6 +7,12 @@ Usage:
     --exp-dir zipformer_adapter/exp --use-adapters 1 --adapter-dim 16 \
     --max-duration 600 --decoding-method greedy_search
 
+  # the base checkpoint with adapter files on top, one chosen by name
+  ./zipformer_adapter/decode_gigaspeech.py --epoch 99 --avg 1 --use-averaged-model 0 \
+    --exp-dir icefall-asr-librispeech-zipformer-2023-05-15/exp \
+    --adapter-file adapter-podcasts.pt --adapter-file adapter-meetings.pt \
+    --adapter-name podcasts
+
 Writes recogs-/errs-/wer-summary-<set>-<key>-<suffix>.txt to <exp-dir>/<decoding-method>/
 and logs "For <set>, WER of different settings are:". The implementation is shared by
 both recipes (icefall/decode/recipe.py).

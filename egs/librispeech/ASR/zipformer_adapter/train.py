@@ -23,13 +23,19 @@ Usage:
   # full fine-tuning from the same checkpoint, for comparison
   ... --use-adapters 0 --do-finetune 1
 
+  # adapters in the joiner too, named; or LoRA (as zipformer_lora/finetune.py)
+  ... --adapter-targets encoder,joiner --adapter-name podcasts
+  ... --use-adapters 0 --use-lora 1 --lora-r 8
+
   # resume an adapter run (no re-initialisation from --finetune-ckpt)
   ./zipformer_adapter/train.py --do-finetune 0 --start-epoch 5 --exp-dir ...
 
 Only adapter parameters train; the log states
 "A total of 761344 trainable parameters (1.148% of the whole model)" for the default
-model with --adapter-dim 16. By default it trains on gigaspeech_cuts_S.jsonl.gz and
-validates on gigaspeech_cuts_DEV.jsonl.gz in --manifest-dir (see --train-cuts).
+model with --adapter-dim 16. Checkpoints hold what trains plus the base checkpoint's path
+and fingerprint (--save-full-checkpoints 1 for whole models); export-adapter.py writes
+adapter-<name>.pt. By default it trains on gigaspeech_cuts_S.jsonl.gz and validates on
+gigaspeech_cuts_DEV.jsonl.gz in --manifest-dir (see --train-cuts).
 """
 
 import sys

@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Decode GigaSpeech DEV/TEST with a LoRA checkpoint (merged into the weights) and GigaSpeech
+scoring.
+
+Usage:
+
+  ./zipformer_lora/decode_gigaspeech.py --epoch 20 --avg 10 --use-averaged-model 1 \
+    --exp-dir zipformer_lora/exp_lora_r8 --use-lora 1 --lora-r 8 \
+    --max-duration 600 --decoding-method greedy_search
+
+  # the same checkpoint without LoRA: exactly the base model
+  ... --use-lora 0
+
+Writes recogs-/errs-/wer-summary-<set>-<key>-<suffix>.txt to <exp-dir>/<decoding-method>/
+and logs "For <set>, WER of different settings are:". The rank and the layers LoRA is on
+are read from the checkpoint. The implementation is shared by the recipes
+(icefall/decode/recipe.py).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # egs/librispeech/ASR
+
+from recipes import LORA  # noqa: E402
+
+from icefall.cli.decode import main  # noqa: E402
+
+if __name__ == "__main__":
+    main(LORA.decode_gigaspeech)
