@@ -35,6 +35,10 @@ def test_given_flags_are_those_on_the_command_line():
     given = given_flags(parser, ["--encoder-dim", "64,64", "--use-ctc=1", "--epoch", "3"])
     assert given == ["encoder_dim", "epoch", "use_ctc"]
     assert given_flags(parser, []) == []
+    # repeatable flags (append actions) count as given once they appear
+    files = ["--adapter-file", "a.pt", "--adapter-file", "b.pt"]
+    assert given_flags(parser, files) == ["adapter_file"]
+    assert parser.parse_args(files).adapter_file == [Path("a.pt"), Path("b.pt")]
 
 
 def test_stored_values_fill_the_flags_not_given():

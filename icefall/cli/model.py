@@ -151,10 +151,16 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
     the others: the arguments are parsed once more into a namespace where every flag is
     pre-set to a marker, which only given flags replace."""
     unset = _Unset()
-    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions
+    # actions that add to what is there (append, extend, count) start from None instead
+    accumulating = {a.dest for a in parser._actions
+                    if isinstance(a, (argparse._AppendAction, argparse._AppendConstAction,
+                                      argparse._CountAction))}
+    namespace = argparse.Namespace(**{a.dest: None if a.dest in accumulating else unset
+                                      for a in parser._actions
                                       if a.dest != argparse.SUPPRESS})
     parser.parse_args(argv, namespace=namespace)
-    return sorted(k for k, v in vars(namespace).items() if v is not unset)
+    return sorted(k for k, v in vars(namespace).items()
+                  if v is not unset and not (k in accumulating and v is None))
 
 
 def parse_with_given_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None
