@@ -12,6 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = ROOT.parent / "shared" / "reference"
 
 
+# Fixtures that generate a corpus, train a model or run a recipe end to end: a test that
+# uses one (directly or through another fixture) is marked ``slow`` (`make test-fast` skips
+# it; `make test` runs everything).
+HEAVY_FIXTURES = {"corpus", "streaming_corpus", "base_run", "adapter_run", "causal_run",
+                  "causal_adapter_run", "lora_run", "demo"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """``../shared/reference`` beside the checkout; tests that need it skip without it."""
