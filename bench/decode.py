@@ -31,6 +31,7 @@ import argparse
 import io
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -88,23 +89,29 @@ def decode_timed(model, x, x_lens, batch_size: int) -> dict:
     search over the encoder outputs, as decode.py does batch by batch.
 
     Returns:
-      {"encoder": seconds, method: seconds, "hyps": {method: N token lists}}.
+      {"wall": {part: seconds}, "cpu": {part: CPU seconds of this process},
+      "hyps": {method: N token lists}}, the parts being "encoder" and each method.
     """
     from icefall.decode.search import decode_batch
 
-    out: dict = {"hyps": {}}
+    out: dict = {"wall": {}, "cpu": {}, "hyps": {}}
     with torch.no_grad():
-        start, encoded = time.perf_counter(), []
+        clocks, encoded = (time.perf_counter(), time.process_time()), []
         for i in range(0, x.shape[0], batch_size):
             encoded.append(model.forward_encoder(x[i:i + batch_size], x_lens[i:i + batch_size]))
-        out["encoder"] = time.perf_counter() - start
+        out["wall"]["encoder"], out["cpu"]["encoder"] = _since(clocks)
         for method in METHODS:
-            start, hyps = time.perf_counter(), []
+            clocks, hyps = (time.perf_counter(), time.process_time()), []
             for enc, lens in encoded:
                 hyps += decode_batch(model, enc, lens, method, beam_size=BEAM)
-            out[method] = time.perf_counter() - start
+            out["wall"][method], out["cpu"][method] = _since(clocks)
             out["hyps"][method] = hyps
     return out
+
+
+def _since(clocks: tuple[float, float]) -> tuple[float, float]:
+    """Wall and CPU seconds since ``clocks`` = (perf_counter(), process_time())."""
+    return time.perf_counter() - clocks[0], time.process_time() - clocks[1]
 
 
 def serve(tree: str) -> None:
@@ -147,7 +154,7 @@ class Variant:
     tree: Path
     env: dict[str, str]
     proc: subprocess.Popen | None = None
-    times: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    times: dict[int, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
     hyps: dict[int, dict[str, list]] = field(default_factory=dict)
 
     def start(self, setup: dict) -> dict:
@@ -171,18 +178,23 @@ class Variant:
 
     def run(self, batch_size: int, keep: bool = True) -> None:
         """One decoding pass at ``batch_size`` (timed inside the worker); ``keep`` records
-        its times and hypotheses."""
+        its times (``times[batch_size][clock][part]``, clock "wall" or "cpu") and
+        hypotheses."""
         out = self._ask({"batch_size": batch_size})
         if keep:
-            parts = self.times.setdefault(batch_size, {})
-            for key in ("encoder", *METHODS):
-                parts.setdefault(key, []).append(out[key])
+            for clock in ("wall", "cpu"):
+                parts = self.times.setdefault(batch_size, {}).setdefault(clock, {})
+                for key, seconds in out[clock].items():
+                    parts.setdefault(key, []).append(seconds)
             self.hyps[batch_size] = out["hyps"]
 
-    def end_to_end(self, batch_size: int, method: str) -> list[float]:
-        """Seconds of encoder + ``method`` per repetition."""
-        t = self.times[batch_size]
-        return [a + b for a, b in zip(t["encoder"], t[method])]
+    def seconds(self, batch_size: int, part: str, clock: str = "wall") -> list[float]:
+        """Seconds of ``part`` ("encoder", a method, or "METHOD+encoder": end to end) per
+        repetition."""
+        t = self.times[batch_size][clock]
+        if part.endswith("+encoder"):
+            return [a + b for a, b in zip(t["encoder"], t[part[:-len("+encoder")]])]
+        return t[part]
 
     def cpu_seconds(self) -> float:
         """CPU seconds the worker has used so far (Linux; 0.0 elsewhere)."""
@@ -193,9 +205,14 @@ class Variant:
         return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # u/s time
 
     def stop(self) -> None:
+        """Ends the worker (at once if it is still decoding)."""
         if self.proc is not None:
             self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _git(*args: str) -> str:
@@ -256,6 +273,8 @@ def measure(variants: list[Variant], sizes: tuple[int, ...], repeats: int) -> fl
         for bs in sizes[::-1] if turn // len(variants) % 2 else sizes:
             for v in order:
                 v.run(bs)
+        print(f"repetition {turn + 1}/{repeats} done after {time.perf_counter() - start:.0f} s",
+              file=sys.stderr, flush=True)
     if busy is None:
         return None
     others = machine_busy_seconds() - busy - (_cpu_seconds(variants) - ours)
@@ -275,23 +294,25 @@ def _ratio(num: list[float], den: list[float]) -> float:
 
 def table(variants: list[Variant], sizes: tuple[int, ...], audio: float) -> list[str]:
     """Markdown table: end-to-end RTF of every variant per search and batch size, the
-    search's share, and each baseline's time ratio to this tree."""
+    search's share, and this tree's time over each baseline's (wall, CPU, search alone)."""
     this, others = variants[0], variants[1:]
     head = (["search", "batch", f"RTF {this.label}", "search share"]
             + [f"RTF {b.label}" for b in others]
-            + [f"{this.label} / {b.label}, end to end (search alone)" for b in others])
+            + [f"{this.label} / {b.label}: end to end, wall (CPU) [search alone]"
+               for b in others])
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in METHODS:
         for bs in sizes:
-            e2e = this.end_to_end(bs, method)
-            share = _ratio(this.times[bs][method], e2e)
-            cells = [method, str(bs), f"{statistics.median(e2e) / audio:.5f}",
+            e2e = f"{method}+encoder"
+            share = _ratio(this.seconds(bs, method), this.seconds(bs, e2e))
+            cells = [method, str(bs), f"{statistics.median(this.seconds(bs, e2e)) / audio:.5f}",
                      f"{100 * share:.1f}%"]
-            cells += [f"{statistics.median(b.end_to_end(bs, method)) / audio:.5f}"
-                      for b in others]
-            cells += [f"{_ratio(e2e, b.end_to_end(bs, method)):.3f} "
-                      f"({_ratio(this.times[bs][method], b.times[bs][method]):.2f})"
-                      for b in others]
+            cells += [f"{statistics.median(b.seconds(bs, e2e)) / audio:.5f}" for b in others]
+            cells += [" ".join([
+                f"{_ratio(this.seconds(bs, e2e), b.seconds(bs, e2e)):.3f}",
+                f"({_ratio(this.seconds(bs, e2e, 'cpu'), b.seconds(bs, e2e, 'cpu')):.3f})",
+                f"[{_ratio(this.seconds(bs, method), b.seconds(bs, method)):.2f}]"])
+                for b in others]
             rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -332,8 +353,9 @@ def report(args: argparse.Namespace, variants: list[Variant], sizes: tuple[int, 
         lines += [
             "",
             f"Ratios: the median over the repetitions of {this.label}'s time / the "
-            "baseline's, each pair timed seconds apart (in brackets: the search alone); "
-            "above 1, the baseline is faster.",
+            "baseline's, each pair timed seconds apart: wall-clock time, the workers' CPU "
+            "time (less disturbed by other processes) and, in square brackets, the "
+            "search's wall-clock time alone. Above 1, the baseline is faster.",
             *agreement(variants, sizes),
         ]
         if len({round(c["checksum"], 3) for c in checks}) > 1:
@@ -346,6 +368,7 @@ def main() -> None:
     if args.worker is not None:
         serve(args.worker)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # workers and files cleaned up
     sizes = (1, args.num_utts)
     setup = {"threads": args.threads, "duration": args.duration, "num_utts": args.num_utts,
              "bias": None}
