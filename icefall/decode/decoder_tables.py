@@ -8,9 +8,9 @@ rows, so the output before its ReLU is ``sum_k T_k[y_k]`` with
 
 K tables of (V + 1, D), row V zero for label -1 (before the utterance start). Modified beam
 search calls the decoder on every hypothesis at every frame; gathering K rows instead of an
-embedding lookup and a convolution makes it 1.27x faster end to end at batch 1 and 1.06x at
-batch 16 (docs/benchmarks.md, section "decode"), which is why this stays while the other
-decoding shortcuts went (issue 13).
+embedding lookup and a convolution makes it 1.19x faster end to end at batch 1 and 1.14x at
+batch 16 on 2 CPU threads (docs/benchmarks.md, section "decode"), which is why this stays
+while the other decoding shortcuts went (issue 13).
 
 The tables are built from the weights when a search starts (:class:`DecoderTables`), so
 they are never stale, and only for a decoder whose one-step output they reproduce: this
