@@ -1,61 +1,77 @@
 #!/usr/bin/env python3
-"""Real-time factor of decoding with the default 65.5M model: batch 1 vs batch 16.
+"""End-to-end decoding RTF with the default 65.5M model: encoder + search, batch 1 and 16.
 
 Usage:
-  python bench/decode.py                 # 16 utterances of 10 s, 2 threads (~4 min)
-  python bench/decode.py --num-utts 4 --duration 4 --write 0     # quick look
+  python bench/decode.py --threads 2                     # this tree (~4 min)
+  python bench/decode.py --threads 2 --baseline c8ce63b  # and a commit, side by side (~8 min)
+  python bench/decode.py --num-utts 4 --duration 4 --repeats 2 --write 0   # quick look
 
-The same utterances are processed one at a time and as one padded batch. The encoder
-and each search (greedy_search, modified_beam_search with beam 4) are timed apart: the
-target concerns the search, which batching serves without a Python loop over
-utterances; the encoder's share is reported next to it, and the end-to-end RTF is their
-sum. Each search runs twice: as decoding runs (linear layers of MIN_ROWS rows or more
-on oneDNN, see icefall/zipformer/cpu_linear.py) and with F.linear (MKL) throughout. RTF = processing
-seconds / audio seconds. The weights are
-random; the joiner's blank bias is set so that about one frame in eight emits a token
-(~3 tokens a second, LibriSpeech's BPE-500 rate), since the search's cost depends on
-how many tokens it emits.
+Each row is what decode.py spends per batch: ``model.forward_encoder`` and then
+``icefall.decode.search.decode_batch`` (greedy_search, or modified_beam_search with beam 4),
+under ``torch.no_grad()``, over the same utterances processed one at a time (batch 1) and
+as one batch. RTF = processing seconds / audio seconds. The weights are random; the
+joiner's blank bias is set so that about one encoder frame in eight emits a token (~3
+tokens a second, LibriSpeech's BPE-500 rate), since the search's cost depends on how many
+tokens it emits.
+
+``--baseline REV`` (repeatable, optionally followed by VAR=VALUE environment settings, e.g.
+``--baseline "c8ce63b ICEFALL_ONEDNN_LINEAR=0"``) times the library of another commit (its
+``icefall/`` from ``git archive``) with the same model, inputs and protocol. Every variant
+runs in a worker process of its own; the variants take turns batch size by batch size, so
+that the times a ratio compares lie seconds apart, and the order of the variants and of the
+batch sizes changes from one repetition to the next. Ratios are medians over the
+repetitions of per-repetition ratios.
+
+Dimension legend: N = utterances, T = feature frames, F = feature dim (80).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.report import write_section  # noqa: E402
-from icefall.decode.search import decode_batch  # noqa: E402
-from icefall.decode.step import TransducerStep  # noqa: E402
-from icefall.zipformer import get_model  # noqa: E402
-from icefall.zipformer.cpu_linear import MIN_ROWS, use_onednn  # noqa: E402
-
 METHODS = ("greedy_search", "modified_beam_search")
-ROUTES = ("onednn", "torch")  # icefall.zipformer.cpu_linear on, and F.linear throughout
-LABELS = {"onednn": "oneDNN route", "torch": "F.linear (MKL)"}
+BEAM = 4
 
 
 def get_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-utts", type=int, default=16, help="Utterances (= batch size).")
+    p.add_argument("--num-utts", type=int, default=16, help="Utterances (= the large batch).")
     p.add_argument("--duration", type=float, default=10.0, help="Seconds per utterance.")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="Timed repetitions (median).")
-    p.add_argument("--passes", type=int, default=3,
-                   help="Search passes per repetition (their mean is one measurement).")
+    p.add_argument("--baseline", action="append", default=[],
+                   help="A commit to time side by side: 'REV [VAR=VALUE ...]'.")
     p.add_argument("--write", type=int, default=1, help="1: write docs/benchmarks.md.")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a tree to serve
     return p.parse_args()
 
 
-def calibrate_blank(model, x: torch.Tensor, x_lens: torch.Tensor, rate: float = 0.125) -> float:
-    """Adds to the blank logit's bias until greedy search emits on ~``rate`` of frames."""
+# ---------------------------------------------------------------------------
+# Worker: one process per variant, imports icefall from its own tree
+# ---------------------------------------------------------------------------
+
+
+def calibrate_blank(model, x, x_lens, rate: float = 0.125) -> float:
+    """Adds to the blank logit's bias until greedy search emits on ~``rate`` of frames
+    (x: (N, T, F)); returns the amount added."""
+    from icefall.decode.search import decode_batch
+
     with torch.no_grad():
         enc, lens = model.forward_encoder(x[:1], x_lens[:1])
         lo, hi = -20.0, 20.0
@@ -65,170 +81,316 @@ def calibrate_blank(model, x: torch.Tensor, x_lens: torch.Tensor, rate: float = 
             hyp = decode_batch(model, enc, lens, "greedy_search")[0]
             model.joiner.output_linear.bias[0] -= mid
             lo, hi = (mid, hi) if len(hyp) / int(lens[0]) > rate else (lo, mid)
-        model.joiner.output_linear.bias[0] += (lo + hi) / 2
-        return len(decode_batch(model, enc, lens, "greedy_search")[0]) / int(lens[0])
+    return (lo + hi) / 2
 
 
-def encode(model, x: torch.Tensor, x_lens: torch.Tensor, batch_size: int
-           ) -> tuple[float, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Seconds to encode all utterances in batches of ``batch_size``, and the outputs."""
-    start, outs = time.perf_counter(), []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            outs.append(model.forward_encoder(x[i: i + batch_size], x_lens[i: i + batch_size]))
-    return time.perf_counter() - start, outs
+def decode_timed(model, x, x_lens, batch_size: int) -> dict:
+    """Encodes all utterances in batches of ``batch_size`` (x: (N, T, F)), then runs each
+    search over the encoder outputs, as decode.py does batch by batch.
 
-
-def search(model, encoded: list[tuple[torch.Tensor, torch.Tensor]], method: str,
-           passes: int = 1) -> float:
-    """Seconds to run ``method`` over the encoder outputs, batch by batch (the mean of
-    ``passes`` passes: a batch-16 greedy pass alone lasts only ~40 ms)."""
-    start = time.perf_counter()
-    with torch.no_grad():
-        for _ in range(passes):
-            for enc, lens in encoded:
-                decode_batch(model, enc, lens, method, beam_size=4)
-    return (time.perf_counter() - start) / passes
-
-
-def joiner_floor(model, encoded: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Seconds of the work no exact frame-synchronous greedy search can skip: the encoder
-    projection of every frame and, frame by frame, the joiner and the argmax for every
-    utterance in the batch (decoder updates and bookkeeping left out)."""
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for enc, _ in encoded:
-            step = TransducerStep(model)  # the joiner as the searches run it
-            frames = step.project_encoder(enc.transpose(0, 1))  # (T, N, J)
-            dec = torch.zeros_like(frames[0])  # (N, J)
-            for frame in frames.unbind(0):
-                step.logits(frame, dec).argmax(dim=-1)
-    return time.perf_counter() - start
-
-
-def measure_once(model, x, x_lens, sizes: tuple[int, ...], turn: int, passes: int
-                 ) -> dict[int, dict[str, float]]:
-    """Seconds of each part per batch size in one repetition: the encoder, each search
-    with each linear-layer route (icefall.zipformer.cpu_linear), and the joiner floor.
-
-    After both encoders, the batch sizes take turns search by search, so that the two
-    times a ratio compares lie within a second of each other. The routes swap order from
-    one repetition to the next, the batch sizes every second repetition, after an untimed
-    search pass.
+    Returns:
+      {"wall": {part: seconds}, "cpu": {part: CPU seconds of this process},
+      "hyps": {method: N token lists}}, the parts being "encoder" and each method.
     """
-    out: dict[int, dict[str, float]] = {bs: {} for bs in sizes}
-    encoded = {}
-    for bs in sizes:
-        out[bs]["encoder"], encoded[bs] = encode(model, x, x_lens, bs)
-    for bs in sizes:
-        search(model, encoded[bs], METHODS[0])  # warm-up after the encoder's large tensors
-    for route in ROUTES[::-1] if turn % 2 else ROUTES:
-        previous = use_onednn(route == "onednn")
-        try:
-            for m in METHODS:
-                for bs in sizes[::-1] if turn // 2 % 2 else sizes:
-                    out[bs][f"{m}/{route}"] = search(model, encoded[bs], m, passes)
-        finally:
-            use_onednn(previous)
-    for bs in sizes:
-        out[bs]["floor"] = joiner_floor(model, encoded[bs])
+    from icefall.decode.search import decode_batch
+
+    out: dict = {"wall": {}, "cpu": {}, "hyps": {}}
+    with torch.no_grad():
+        clocks, encoded = (time.perf_counter(), time.process_time()), []
+        for i in range(0, x.shape[0], batch_size):
+            encoded.append(model.forward_encoder(x[i:i + batch_size], x_lens[i:i + batch_size]))
+        out["wall"]["encoder"], out["cpu"]["encoder"] = _since(clocks)
+        for method in METHODS:
+            clocks, hyps = (time.perf_counter(), time.process_time()), []
+            for enc, lens in encoded:
+                hyps += decode_batch(model, enc, lens, method, beam_size=BEAM)
+            out["wall"][method], out["cpu"][method] = _since(clocks)
+            out["hyps"][method] = hyps
     return out
 
 
-def measure(model, x, x_lens, sizes: tuple[int, ...], repeats: int, passes: int
-            ) -> dict[int, dict[str, list[float]]]:
-    """Seconds of each part per batch size and repetition (:func:`measure_once`)."""
-    for bs in sizes:
-        encode(model, x[:bs], x_lens[:bs], bs)  # warm-up
-    runs: dict[int, dict[str, list[float]]] = {bs: {} for bs in sizes}
-    for turn in range(repeats):
-        for bs, parts in measure_once(model, x, x_lens, sizes, turn, passes).items():
-            for part, seconds in parts.items():
-                runs[bs].setdefault(part, []).append(seconds)
-    return runs
+def _since(clocks: tuple[float, float]) -> tuple[float, float]:
+    """Wall and CPU seconds since ``clocks`` = (perf_counter(), process_time())."""
+    return time.perf_counter() - clocks[0], time.process_time() - clocks[1]
 
 
-def target_line(runs: dict[int, dict[str, list[float]]], n: int) -> str:
-    """The greedy-search target, from ratios of times taken side by side.
+def serve(tree: str) -> None:
+    """Answers JSON requests on stdin, one a line, with one JSON line each on stdout: first
+    the set-up (model, inputs, blank bias), then batch sizes to decode at."""
+    sys.path.insert(0, tree)
+    import icefall
+    from icefall.zipformer import get_model
 
-    Headline: both batch sizes as decoding runs them (the oneDNN route, timed one after
-    the other), the median over the repetitions of their ratio. Also given: the ratio
-    against the faster of the two batch-1 routes of the repetition (both run the same
-    one-row products in the search, so that either is a fair batch-1 figure and the
-    faster one the stricter), and the ratio with F.linear (MKL) throughout.
+    setup = json.loads(sys.stdin.readline())
+    torch.set_num_threads(setup["threads"])
+    torch.manual_seed(0)
+    model = get_model({"use_adapters": True, "adapter_dim": 16}).eval()
+    frames = int(setup["duration"] * 100)
+    x = torch.randn(setup["num_utts"], frames, 80)  # (N, T, F)
+    x_lens = torch.full((setup["num_utts"],), frames)
+    bias = setup["bias"]
+    if bias is None:
+        bias = calibrate_blank(model, x, x_lens)
+    with torch.no_grad():
+        model.joiner.output_linear.bias[0] += bias
+        checksum = float(sum(p.double().sum() for p in model.parameters()))
+    print(json.dumps({"bias": bias, "checksum": checksum, "library": icefall.__file__}),
+          flush=True)
+    for line in sys.stdin:
+        print(json.dumps(decode_timed(model, x, x_lens, json.loads(line)["batch_size"])),
+              flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    """A library to time: a label, its tree, extra environment, and its worker."""
+
+    label: str
+    tree: Path
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    times: dict[int, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    hyps: dict[int, dict[str, list]] = field(default_factory=dict)
+
+    def start(self, setup: dict) -> dict:
+        """Starts the worker; returns its set-up reply (blank bias, weight checksum)."""
+        env = {**os.environ, **self.env, "PYTHONPATH": str(self.tree)}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", str(self.tree)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, text=True)
+        reply = self._ask(setup)
+        if not Path(reply["library"]).resolve().is_relative_to(self.tree.resolve()):
+            raise RuntimeError(f"the worker for {self.label} imported {reply['library']}")
+        return reply
+
+    def _ask(self, msg: dict) -> dict:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the worker for {self.label} ended; see its stderr above")
+        return json.loads(line)
+
+    def run(self, batch_size: int, keep: bool = True) -> None:
+        """One decoding pass at ``batch_size`` (timed inside the worker); ``keep`` records
+        its times (``times[batch_size][clock][part]``, clock "wall" or "cpu") and
+        hypotheses."""
+        out = self._ask({"batch_size": batch_size})
+        if keep:
+            for clock in ("wall", "cpu"):
+                parts = self.times.setdefault(batch_size, {}).setdefault(clock, {})
+                for key, seconds in out[clock].items():
+                    parts.setdefault(key, []).append(seconds)
+            self.hyps[batch_size] = out["hyps"]
+
+    def seconds(self, batch_size: int, part: str, clock: str = "wall") -> list[float]:
+        """Seconds of ``part`` ("encoder", a method, or "METHOD+encoder": end to end) per
+        repetition."""
+        t = self.times[batch_size][clock]
+        if part.endswith("+encoder"):
+            return [a + b for a, b in zip(t["encoder"], t[part[:-len("+encoder")]])]
+        return t[part]
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the worker has used so far (Linux; 0.0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # u/s time
+
+    def stop(self) -> None:
+        """Ends the worker (at once if it is still decoding)."""
+        if self.proc is not None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def this_tree() -> Variant:
+    """This checkout, labelled by its commit (``+changes`` if icefall/ or bench/ differ)."""
+    label = _git("rev-parse", "--short", "HEAD")
+    if _git("status", "--porcelain", "--", "icefall", "bench"):
+        label += "+changes"
+    return Variant(label, ROOT, {})
+
+
+def baseline(spec: str, tmp: Path) -> Variant:
+    """'REV [VAR=VALUE ...]' -> a variant running REV's icefall/ (from git archive)."""
+    rev, *assignments = spec.split()
+    if any("=" not in a for a in assignments):
+        raise ValueError(f"--baseline takes 'REV [VAR=VALUE ...]', got '{spec}'")
+    commit = _git("rev-parse", "--short", f"{rev}^{{commit}}")
+    tree = Path(tempfile.mkdtemp(prefix=f"{commit}-", dir=tmp))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "icefall"],
+                             check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tree, filter="data")
+    env = dict(a.split("=", 1) for a in assignments)
+    return Variant(" ".join([commit, *assignments]), tree, env)
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used since boot (Linux), else None."""
+    try:
+        user, nice, system, _, _, irq, softirq, steal = map(
+            int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(variants: list[Variant], sizes: tuple[int, ...], repeats: int) -> float | None:
+    """Times every variant at every batch size ``repeats`` times, after one untimed pass.
+
+    Batch size by batch size, the variants take turns; their order rotates from one
+    repetition to the next, the order of the batch sizes every len(variants) repetitions.
+
+    Returns:
+      The share of the machine's CPUs that other processes used meanwhile (None where
+      it cannot be read).
     """
-    one, many = runs[1], runs[n]
-    g = "greedy_search"
-    own = {r: [a / b for a, b in zip(one[f"{g}/{r}"], many[f"{g}/{r}"])] for r in ROUTES}
-    strict = [min(a, b) / c for a, b, c in
-              zip(one[f"{g}/onednn"], one[f"{g}/torch"], many[f"{g}/onednn"])]
-    mid = {k: statistics.median(v) for k, v in (*own.items(), ("strict", strict))}
-    return (f"Target: batched greedy search >= 4x faster per utterance than batch 1: "
-            f"{mid['onednn']:.2f}x, the median over the repetitions of batch 1's time / "
-            f"batch {n}'s, timed one after the other as decoding runs (oneDNN for linear "
-            f"layers of >= {MIN_ROWS} rows); range {min(own['onednn']):.2f}-"
-            f"{max(own['onednn']):.2f}x. Against the faster of the repetition's two batch-1 "
-            f"routes: {mid['strict']:.2f}x (range {min(strict):.2f}-{max(strict):.2f}x). "
-            f"With F.linear (MKL) throughout: {mid['torch']:.2f}x.")
+    for v in variants:
+        for bs in sizes:
+            v.run(bs, keep=False)  # warm-up
+    start, busy, ours = time.perf_counter(), machine_busy_seconds(), _cpu_seconds(variants)
+    for turn in range(repeats):
+        shift = turn % len(variants)
+        order = variants[shift:] + variants[:shift]
+        for bs in sizes[::-1] if turn // len(variants) % 2 else sizes:
+            for v in order:
+                v.run(bs)
+        print(f"repetition {turn + 1}/{repeats} done after {time.perf_counter() - start:.0f} s",
+              file=sys.stderr, flush=True)
+    if busy is None:
+        return None
+    others = machine_busy_seconds() - busy - (_cpu_seconds(variants) - ours)
+    return max(others, 0.0) / ((time.perf_counter() - start) * (os.cpu_count() or 1))
 
 
-def table(t: dict[int, dict[str, float]], n: int, audio: float) -> list[str]:
-    """Markdown rows: RTF at batch 1 and n, and the speed-up per utterance."""
-    def row(name: str, one: float, many: float) -> str:
-        return f"| {name} | {one / audio:.5f} | {many / audio:.5f} | {one / many:.2f}x |"
+def _cpu_seconds(variants: list[Variant]) -> float:
+    """CPU seconds used so far by this process and the workers."""
+    mine = os.times()
+    return mine.user + mine.system + sum(v.cpu_seconds() for v in variants)
 
-    parts = [("encoder", "encoder")]
-    parts += [(f"{m}/{r}", f"{m}, {LABELS[r]}") for m in METHODS for r in ROUTES]
-    parts += [("floor", "joiner floor (see below)")]
-    rows = [row(name, t[1][key], t[n][key]) for key, name in parts]
-    rows += [row(f"encoder + {m} (end to end)", t[1]["encoder"] + t[1][f"{m}/onednn"],
-                 t[n]["encoder"] + t[n][f"{m}/onednn"]) for m in METHODS]
+
+def _ratio(num: list[float], den: list[float]) -> float:
+    """Median over the repetitions of num[i] / den[i]."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def table(variants: list[Variant], sizes: tuple[int, ...], audio: float) -> list[str]:
+    """Markdown table: end-to-end RTF of every variant per search and batch size, the
+    search's share, and this tree's time over each baseline's (wall, CPU, search alone)."""
+    this, others = variants[0], variants[1:]
+    head = (["search", "batch", f"RTF {this.label}", "search share"]
+            + [f"RTF {b.label}" for b in others]
+            + [f"{this.label} / {b.label}: end to end, wall (CPU) [search alone]"
+               for b in others])
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in METHODS:
+        for bs in sizes:
+            e2e = f"{method}+encoder"
+            share = _ratio(this.seconds(bs, method), this.seconds(bs, e2e))
+            cells = [method, str(bs), f"{statistics.median(this.seconds(bs, e2e)) / audio:.5f}",
+                     f"{100 * share:.1f}%"]
+            cells += [f"{statistics.median(b.seconds(bs, e2e)) / audio:.5f}" for b in others]
+            cells += [" ".join([
+                f"{_ratio(this.seconds(bs, e2e), b.seconds(bs, e2e)):.3f}",
+                f"({_ratio(this.seconds(bs, e2e, 'cpu'), b.seconds(bs, e2e, 'cpu')):.3f})",
+                f"[{_ratio(this.seconds(bs, method), b.seconds(bs, method)):.2f}]"])
+                for b in others]
+            rows.append("| " + " | ".join(cells) + " |")
     return rows
+
+
+def agreement(variants: list[Variant], sizes: tuple[int, ...]) -> list[str]:
+    """One line per baseline: utterances whose tokens equal this tree's."""
+    this, lines = variants[0], []
+    for b in variants[1:]:
+        parts = []
+        for method in METHODS:
+            for bs in sizes:
+                mine, theirs = this.hyps[bs][method], b.hyps[bs][method]
+                same = sum(x == y for x, y in zip(mine, theirs))
+                parts.append(f"{method} at batch {bs}: {same}/{len(mine)}")
+        lines.append(f"Same tokens as {this.label}, {b.label}: " + ", ".join(parts) + ".")
+    return lines
+
+
+def report(args: argparse.Namespace, variants: list[Variant], sizes: tuple[int, ...],
+           checks: list[dict], others: float | None) -> str:
+    """The section's text."""
+    audio = args.num_utts * args.duration
+    this = variants[0]
+    tokens = sum(map(len, this.hyps[1]["greedy_search"]))
+    rate = tokens / (args.num_utts * args.duration * 25)  # encoder frames at 25 Hz
+    lines = [
+        f"{args.num_utts} utterances x {args.duration:g} s, {args.threads} threads, median "
+        f"of {args.repeats} repetitions; one row = `model.forward_encoder` then `decode_batch` "
+        f"(modified_beam_search with beam {BEAM}) over all utterances, as decode.py runs "
+        f"them; RTF = seconds / audio seconds. Greedy search emits tokens on "
+        f"{100 * rate:.1f}% of encoder frames (random weights, blank bias calibrated)."
+        + ("" if others is None else f" Other processes used {100 * others:.0f}% of the "
+           f"machine's {os.cpu_count()} CPUs during the timed passes."),
+        "",
+        *table(variants, sizes, audio),
+    ]
+    if len(variants) > 1:
+        lines += [
+            "",
+            f"Ratios: the median over the repetitions of {this.label}'s time / the "
+            "baseline's, each pair timed seconds apart: wall-clock time, the workers' CPU "
+            "time (less disturbed by other processes) and, in square brackets, the "
+            "search's wall-clock time alone. Above 1, the baseline is faster.",
+            *agreement(variants, sizes),
+        ]
+        if len({round(c["checksum"], 3) for c in checks}) > 1:
+            lines.append("The variants' weights differ (their initialisations differ).")
+    return "\n".join(lines)
 
 
 def main() -> None:
     args = get_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = get_model({"use_adapters": True, "adapter_dim": 16}).eval()
-    frames = int(args.duration * 100)
-    x = torch.randn(args.num_utts, frames, 80)
-    x_lens = torch.full((args.num_utts,), frames)
-    rate = calibrate_blank(model, x, x_lens)
-    audio, n = args.num_utts * args.duration, args.num_utts
-    runs = measure(model, x, x_lens, (1, n), args.repeats, args.passes)
-    t = {bs: {k: statistics.median(v) for k, v in r.items()} for bs, r in runs.items()}
-    gain = {m: t[n][f"{m}/torch"] / t[n][f"{m}/onednn"] for m in METHODS}
-    body = "\n".join([
-        f"{n} utterances x {args.duration:g} s, {args.threads} threads, median of "
-        f"{args.repeats} (batch sizes taking turns; each search timed over {args.passes} "
-        f"passes); tokens emitted on {100 * rate:.1f}% "
-        "of encoder frames.",
-        "",
-        f"| part | RTF, batch 1 | RTF, batch {n} | batch {n} speed-up per utterance |",
-        "|---|---|---|---|",
-        *table(t, n, audio),
-        "",
-        target_line(runs, n) + f" oneDNN makes batch-{n} greedy search "
-        f"{gain['greedy_search']:.2f}x and modified beam search "
-        f"{gain['modified_beam_search']:.2f}x faster (medians).",
-        "",
-        f"Joiner floor: the encoder projection of every frame plus, frame by frame, the "
-        "joiner (sum, activation, 512x500 output layer) and the argmax for every utterance, "
-        "as the searches run them (icefall/decode/step.py), i.e. the work no exact "
-        "frame-synchronous greedy search can skip (decoder updates and bookkeeping left "
-        f"out). Even if everything else in a batch-{n} step were free, greedy search could "
-        f"be at most {t[1]['greedy_search/onednn'] / t[n]['floor']:.2f}x faster per "
-        f"utterance than at batch 1 here. The encoder is "
-        f"{t[n]['encoder'] / t[1]['encoder']:.2f}x slower per utterance at batch {n} on "
-        f"this 2-core machine (its element-wise activations over batch-{n} tensors no "
-        "longer fit the cache) and dominates the end-to-end time.",
-    ])
+    if args.worker is not None:
+        serve(args.worker)
+        return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # workers and files cleaned up
+    sizes = (1, args.num_utts)
+    setup = {"threads": args.threads, "duration": args.duration, "num_utts": args.num_utts,
+             "bias": None}
+    with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
+        variants = [this_tree(), *(baseline(s, Path(tmp)) for s in args.baseline)]
+        try:
+            checks = [variants[0].start(setup)]
+            setup["bias"] = checks[0]["bias"]  # the same model for every variant
+            checks += [v.start(setup) for v in variants[1:]]
+            others = measure(variants, sizes, args.repeats)
+        finally:
+            for v in variants:
+                v.stop()
+    body = report(args, variants, sizes, checks, others)
     print(body)
     if args.write:
+        sys.path.insert(0, str(ROOT))
+        from bench.report import write_section
+
         cmd = "python bench/decode.py" + "".join(f" {a}" for a in sys.argv[1:])
-        write_section("decode", "Decoding RTF: batch 1 vs batch 16 (bench/decode.py)", cmd,
-                      body)
+        write_section("decode", "Decoding RTF end to end: encoder + search (bench/decode.py)",
+                      cmd, body)
 
 
 if __name__ == "__main__":

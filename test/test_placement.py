@@ -24,7 +24,6 @@ from icefall.zipformer import (
     set_adapter_training,
     uninstall_adapters,
 )
-from icefall.zipformer.cpu_linear import use_onednn
 from icefall.zipformer.layer import ADAPTER_SLOTS, Zipformer2EncoderLayer
 from icefall.zipformer.scaling import ActivationDropoutAndLinear
 
@@ -114,17 +113,8 @@ def test_patterns_match_module_names_with_fnmatch():
         _adapted("nope", "encoder")
 
 
-@pytest.fixture()
-def torch_linear():
-    """F.linear everywhere: an adapted layer is called as a module, a plain one may take
-    oneDNN (icefall.zipformer.cpu_linear), and the two round differently."""
-    previous = use_onednn(False)
-    yield
-    use_onednn(previous)
-
-
 @pytest.mark.parametrize("kind", KINDS)
-def test_fresh_adapters_anywhere_change_nothing(kind, torch_linear):
+def test_fresh_adapters_anywhere_change_nothing(kind):
     base = get_model(tiny_params()).eval()
     base.requires_grad_(False)  # LoRA freezes what it wraps; compare like with like
     x, x_lens = _inputs()
@@ -153,8 +143,8 @@ def _naive_logits(model, enc: torch.Tensor, contexts: torch.Tensor) -> torch.Ten
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("preset", ["decoder", "joiner", "all_linear"])
 def test_search_step_applies_decoder_and_joiner_adapters(kind, preset):
-    """The searches' fast path (tables, doubled projections, sigmoid form) computes the
-    logits of the modules themselves with adapters in the decoder and joiner."""
+    """The searches' step (projections applied apart, joiner with project_input=False)
+    computes the logits of the modules' joint call with adapters in the decoder and joiner."""
     model = _adapted(kind, preset)
     _randomise(model)
     model.eval()
@@ -167,7 +157,7 @@ def test_search_step_applies_decoder_and_joiner_adapters(kind, preset):
     with torch.inference_mode():
         step = TransducerStep(model)
         got = step.logits(step.project_encoder(enc[0, :6])[:, None, :],
-                          step.decoder_out_for(contexts)[None])
+                          step.decoder_out(contexts)[None])
         greedy_search_batch(model, enc, enc_lens)  # runs with the adapters in
     assert (got - expected).abs().max() < 1e-4
     assert (expected - plain).abs().max() > 1e-2  # the adapters act

@@ -2,7 +2,7 @@
 
 The functions follow the interface of icefall's ``beam_search.py`` (k2-fsa/icefall,
 ``egs/librispeech/ASR/zipformer/beam_search.py``): they take ``model`` (a transducer with
-this package's stateless ``.decoder`` and ``.joiner``, read once per search through
+this package's stateless ``.decoder`` and ``.joiner``, called as modules through
 :class:`icefall.decode.step.TransducerStep`) plus the encoder output, and return token ids
 per utterance, or a :class:`DecodingResults` with per-token frame indices.
 
@@ -178,7 +178,7 @@ def greedy_search(model: nn.Module, encoder_out: Tensor, max_sym_per_frame: int 
     device = encoder_out.device
     enc = step.project_encoder(encoder_out[0])  # (T, J)
     hyp = step.initial_context()
-    dec = step.decoder_out_for(torch.tensor([hyp], device=device))  # (1, J)
+    dec = step.decoder_out(torch.tensor([hyp], device=device))  # (1, J)
     timestamps: list[int] = []
     scores: list[float] = []
     for t in range(T):
@@ -191,7 +191,7 @@ def greedy_search(model: nn.Module, encoder_out: Tensor, max_sym_per_frame: int 
             hyp.append(y)
             timestamps.append(t)
             scores.append(float(logp[y]))
-            dec = step.decoder_out_for(torch.tensor([hyp[-K:]], device=device))
+            dec = step.decoder_out(torch.tensor([hyp[-K:]], device=device))
     tokens = hyp[K:]
     if return_timestamps:
         return DecodingResults(hyps=[tokens], timestamps=[timestamps], scores=[scores])
@@ -225,8 +225,8 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
     device = encoder_out.device
     sorted_lens, order = _sort_by_length(encoder_out_lens.to(device))
     enc = _project_frames(step, encoder_out, order)  # (T, N, J)
-    sums = step.partial_sums(torch.tensor([step.initial_context()] * N, device=device))
-    dec = step.decoder_out_from_sums(sums)  # (N, J); sums: (K, N, D)
+    contexts = torch.tensor([step.initial_context()] * N, device=device)  # (N, K)
+    dec = step.decoder_out(contexts)  # (N, J)
     records: list[tuple[Tensor, Tensor, Tensor | None]] = []  # (rows, tokens, log-probs)
     frames: list[int] = []
     for t, (frame_t, active) in enumerate(zip(enc.unbind(0), _active_counts(sorted_lens, T))):
@@ -254,9 +254,9 @@ def greedy_search_batch(model: nn.Module, encoder_out: Tensor, encoder_out_lens:
                 logp = sel.gather(1, tok[:, None]).squeeze(1) - sel.logsumexp(dim=-1)
             records.append((rows, tok, logp))
             frames.append(t)
-            new_sums = step.advance(sums.index_select(1, rows), tok)  # (K, E, D)
-            sums.index_copy_(1, rows, new_sums)
-            dec.index_copy_(0, rows, step.decoder_out_from_sums(new_sums))
+            new = torch.cat([contexts.index_select(0, rows)[:, 1:], tok[:, None]], dim=1)
+            contexts.index_copy_(0, rows, new)  # new: (E, K)
+            dec.index_copy_(0, rows, step.decoder_out(new))
     hyps, times, scores = _split_records(records, frames, N)
     hyps, times, scores = (_unsort(x, order) for x in (hyps, times, scores))
     if return_timestamps:
@@ -351,7 +351,7 @@ def _candidate_scores(step: TransducerStep, beams: _Beams, enc_t: Tensor,
     W = lens.size(1)
     ctx_idx = lens.unsqueeze(-1) - K + torch.arange(K, device=lens.device)  # (A, W, K)
     context = beams.ys[:A].gather(2, ctx_idx)
-    dec = step.decoder_out_for(context.reshape(A * W, K))  # (A*W, J)
+    dec = step.decoder_out(context.reshape(A * W, K))  # (A*W, J)
     enc = enc_t.unsqueeze(1).expand(A, W, enc_t.size(-1)).reshape(A * W, -1)
     logits = step.logits(enc, dec)  # (A*W, V)
     logp = _log_probs(logits, step.blank_id, blank_penalty, temperature).reshape(A, W, -1)
@@ -575,7 +575,7 @@ def beam_search(model: nn.Module, encoder_out: Tensor, beam: int = 4, temperatur
             context = ys[-K:]  # decoder output depends on the last K labels only
             if context not in cache:
                 if context not in dec_cache:
-                    dec_cache[context] = step.decoder_out_for(
+                    dec_cache[context] = step.decoder_out(
                         torch.tensor([context], device=device))
                 logits = step.logits(enc[t:t + 1], dec_cache[context])
                 cache[context] = _log_probs(logits, blank_id, blank_penalty, temperature)[0]
@@ -652,7 +652,7 @@ def fast_beam_search_one_best(model: nn.Module, decoding_graph, encoder_out: Ten
     enc = step.project_encoder(encoder_out)  # (N, T, J)
     for t in range(T):
         shape, contexts = streams.get_contexts()  # contexts: (M, K)
-        dec = step.decoder_out_for(contexts)
+        dec = step.decoder_out(contexts)
         cur = enc[:, t].index_select(0, shape.row_ids(1).to(torch.int64))  # (M, J)
         logits = step.logits(cur, dec)
         streams.advance(_log_probs(logits, step.blank_id, blank_penalty, temperature))

@@ -203,7 +203,7 @@ def greedy_search_streams(step: TransducerStep, encoder_out: Tensor,
     K, device = step.context_size, encoder_out.device
     skip = {step.blank_id, step.unk_id}
     enc = step.project_encoder(encoder_out.transpose(0, 1))  # (T'', N, J)
-    dec = step.decoder_out_for(
+    dec = step.decoder_out(
         torch.tensor([s.hyp[-K:] for s in streams], device=device))  # (N, J)
     for frame in enc.unbind(0):  # (N, J)
         logits = step.logits(frame, dec)  # (N, V)
@@ -216,7 +216,7 @@ def greedy_search_streams(step: TransducerStep, encoder_out: Tensor,
                 rows.append(i)
         if rows:
             contexts = torch.tensor([streams[i].hyp[-K:] for i in rows], device=device)
-            dec.index_copy_(0, torch.tensor(rows, device=device), step.decoder_out_for(contexts))
+            dec.index_copy_(0, torch.tensor(rows, device=device), step.decoder_out(contexts))
 
 
 class StreamingSearch:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from icefall.zipformer.cpu_linear import linear
 from icefall.zipformer.scaling import ScaledLinear
 
 
@@ -39,8 +38,7 @@ class Joiner(nn.Module):
             raise ValueError(f"encoder_out and decoder_out must have the same rank, got "
                              f"{tuple(encoder_out.shape)} and {tuple(decoder_out.shape)}")
         if project_input:
-            logit = linear(encoder_out, self.encoder_proj) + linear(decoder_out,
-                                                                    self.decoder_proj)
+            logit = self.encoder_proj(encoder_out) + self.decoder_proj(decoder_out)
         else:
             logit = encoder_out + decoder_out
-        return linear(torch.tanh(logit), self.output_linear)
+        return self.output_linear(torch.tanh(logit))

@@ -100,7 +100,7 @@ class LoRALayer(WrapperAdapter):
     @property
     def plain_forward(self) -> bool:
         """True when forward is the wrapped module's own computation on ``self.weight``
-        (merged, or switched off): what decoding shortcuts may assume."""
+        (merged, or switched off): the low-rank term is then skipped."""
         return self.merged or not self._enabled
 
     def adapter_parameters(self) -> list[tuple[str, nn.Parameter]]:

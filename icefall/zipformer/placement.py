@@ -250,8 +250,6 @@ def resolve_sites(model: nn.Module, kind: str, targets: Sequence[str]) -> list[S
 class _WithOutputAdapter:
     """Mixin of a module whose output passes through its ``output_adapter`` child."""
 
-    plain_forward = False  # decoding shortcuts must call the module (icefall.zipformer.cpu_linear)
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.output_adapter(super().forward(*args, **kwargs))
 
