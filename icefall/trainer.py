@@ -102,6 +102,7 @@ from icefall.zipformer import (
     adapter_parameters,
     adapter_state_dict,
     get_model,
+    installed_adapter_config,
     load_adapter_state_dict,
     lora_modules,
     model_config,
@@ -321,6 +322,8 @@ def save_training_checkpoint(filename: Path, params: AttributeDict, model: nn.Mo
         fingerprint = params.get("base_fingerprint") or base_fingerprint(base)  # other ranks
         extra = adapter_fields(base.adapter_config, fingerprint, params.base_checkpoint,
                                model_config(params))
+    elif installed_adapter_config(base) is not None:  # a whole model with adapters
+        extra = {"adapter": installed_adapter_config(base).to_dict()}
     for state_ in (state, avg or {}):
         bad = next((k for k, v in state_.items() if v.is_floating_point()
                     and not bool(torch.isfinite(v).all())), None)
@@ -687,9 +690,13 @@ def _manifest_paths(params: AttributeDict, names: str) -> list[Path]:
 
 
 def validation_sets(params: AttributeDict) -> list[tuple[str, list[Path]]]:
-    """--valid-cuts as (name, manifests) pairs (:func:`parse_named_sets`)."""
+    """--valid-cuts (one string, or the list of a repeated flag) as (name, manifests)
+    pairs (:func:`parse_named_sets`)."""
+    value = params.valid_cuts
+    if isinstance(value, (list, tuple)):
+        value = ",".join(value)
     return [(name, [find_manifest(params.manifest_dir, m) for m in files])
-            for name, files in parse_named_sets(params.valid_cuts)]
+            for name, files in parse_named_sets(value)]
 
 
 def _load_all(paths: list[Path]):

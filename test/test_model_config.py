@@ -77,7 +77,7 @@ def test_a_mismatch_names_the_flags_that_fit(tmp_path):
     with pytest.raises(CheckpointError, match=r"has shape .* flags stored in base.pt: "
                                               r"--encoder-dim 64,64$"):
         model_from_state(params, ckpt["model"], str(tmp_path / "base.pt"),
-                         ckpt["params"]["model"])
+                         stored=ckpt["params"]["model"])
     defaults = dict(MODEL_DEFAULTS, vocab_size=24, use_adapters=False)
     with pytest.raises(CheckpointError, match=r"flags inferred from the weights of "
                                               r"pretrained.pt: --num-encoder-layers 1,1 "

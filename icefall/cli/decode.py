@@ -166,6 +166,7 @@ def get_streaming_parser(recipe: DecodeRecipe) -> argparse.ArgumentParser:
 def ctc_main(recipe: DecodeRecipe, argv: list[str] | None = None) -> dict[str, Any]:
     """ctc_decode.py; returns {test set: [(key, WER)]}."""
     params = parse_with_given_flags(get_ctc_parser(recipe), argv)
+    params["given_flags"].append("use_ctc")  # the script's own: the model needs a CTC head
     return run_guarded(decode_ctc_checkpoint, params)
 
 

@@ -96,6 +96,7 @@ def ctc_onnx_main(exp_dir: str, argv: list[str] | None = None) -> tuple[Path, Pa
     from icefall.export.onnx import export_ctc_checkpoint
 
     params = parse_with_given_flags(get_ctc_onnx_parser(exp_dir), argv)
+    params["given_flags"].append("use_ctc")  # the script's own: the model needs a CTC head
     setup_logger()
     return run_guarded(export_ctc_checkpoint, params)
 

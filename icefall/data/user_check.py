@@ -131,7 +131,8 @@ def convert_audio(src: Path, dst: Path) -> None:
         recording = Recording.from_file(str(src)).resample(SAMPLE_RATE)
         samples = recording.load_audio()  # (C, S) at 16 kHz
     except ModuleNotFoundError as e:
-        raise ImportError(f"resampling {src.name} needs the '{e.name}' package: pip install "
+        package = e.name or "scipy"  # lhotse's resampler without torchaudio
+        raise ImportError(f"resampling {src.name} needs the '{package}' package: pip install "
                           f"-r requirements.txt") from e
     except Exception as e:  # noqa: BLE001 - any decoder failure is one line
         raise ValueError(f"cannot decode audio {src}: {e}") from e
