@@ -26,12 +26,15 @@ $(STAMP): setup.py requirements.txt
 	$(PIP) install -q --no-build-isolation -e .
 	touch $(STAMP)
 
+# Two pytest workers (pytest-xdist), one file at a time each, one intra-op thread each: the
+# suite's training runs are small, so two processes use two cores better than one process
+# with two threads.
 test: setup
-	$(PY) -m pytest -q test
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile test
 
 # The tests not marked slow (unit tests and oracles; no training runs): under 90 s.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" test
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow" test
 
 lint: setup
 	$(PY) -m ruff check .

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +46,24 @@ def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     for shared in ("librispeech", "shared"):
         (root / "egs" / shared).symlink_to(ROOT / "egs" / shared)
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="2")
-    proc = subprocess.run(["bash", str(recipe / "run.sh"), *_demo_args()], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_in_own_group(["bash", str(recipe / "run.sh"), *_demo_args()], env, 1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return recipe, proc
+
+
+def run_in_own_group(cmd: list[str], env: dict, timeout: float
+                     ) -> subprocess.CompletedProcess:
+    """subprocess.run in a process group of its own, the whole group killed on timeout (a
+    stage's python would otherwise outlive the killed shell)."""
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def test_every_stage_ran_and_left_its_artefacts(demo):
