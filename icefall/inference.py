@@ -56,6 +56,7 @@ from icefall.model_config import (
     apply_model_config,
     check_fits_flags,
     read_model_config,
+    with_flags_hint,
 )
 from icefall.zipformer import (
     AdapterConfig,
@@ -269,7 +270,12 @@ def model_from_checkpoint(params: Mapping[str, Any], chosen: SelectedCheckpoint,
     (the checkpoint's model configuration) names the flags that would fit when the weights
     do not."""
     model = get_model(base_params(params))
-    state, base_source, own = _base_and_own_adapter(params, chosen, model)
+    try:
+        state, base_source, own = _base_and_own_adapter(params, chosen, model)
+    except CheckpointError as e:
+        if "flags" not in str(e):  # not a mismatch of weights and flags
+            raise
+        raise with_flags_hint(e, params, chosen.state, chosen.source, stored) from e
     check_fits_flags(model, state, base_source, params, stored)
     model.load_state_dict(state)
     files = [Path(f) for f in params.get("adapter_file") or []]

@@ -150,7 +150,15 @@ def check_fits_flags(model: nn.Module, state: Mapping[str, Tensor], source: str 
     try:
         check_state_dict_fits(model, state, source, allowed_missing)
     except CheckpointError as e:
-        flags = matching_flags(params, state, stored)
-        what = "stored in" if stored is not None else "inferred from the weights of"
-        hint = f"; flags {what} {Path(source).name}: {flags}" if flags else ""
-        raise CheckpointError(f"{e}{hint}") from e
+        raise with_flags_hint(e, params, state, source, stored) from e
+
+
+def with_flags_hint(error: CheckpointError, params: Mapping[str, Any],
+                    state: Mapping[str, Tensor], source: str | Path,
+                    stored: Mapping[str, Any] | None) -> CheckpointError:
+    """``error`` (a checkpoint that does not fit the model of the flags) followed by the
+    flags that would match the checkpoint."""
+    flags = matching_flags(params, state, stored)
+    what = "stored in" if stored is not None else "inferred from the weights of"
+    hint = f"; flags {what} {Path(source).name}: {flags}" if flags else ""
+    return CheckpointError(f"{error}{hint}")
