@@ -150,3 +150,110 @@ def test_rerun_skips_finished_stages_and_redoes_an_interrupted_one(demo):
     assert not (decode / "onnx.tmp").exists()
     assert _recogs(recipe, "onnx", "B") == before
     assert list((decode / "onnx").glob("wer-summary-B-*"))
+
+
+# ------------------------------------------- B-only word errors and the extra systems' report
+# Hand-made decoding results (no run): domain A's words THE CAT SAT, B's THE CAT ZEBRA
+# QUOKKA, so the B-only words are ZEBRA and QUOKKA, twice in the references of B below.
+B_REFS = [("u1", "THE ZEBRA SAT"), ("u2", "QUOKKA CAT"), ("u3", "THE CAT")]
+B_HYPS = {  # hypotheses -> (misses, false alarms) of B-only words, counted by hand
+    "right": (["THE ZEBRA SAT", "QUOKKA CAT", "THE CAT"], 0),  # 0 errors of 2: 0%
+    "one_miss": (["THE CAT SAT", "QUOKKA CAT", "THE CAT"], 1),  # ZEBRA->CAT: 50%
+    "miss_all": (["THE CAT SAT", "CAT", "THE CAT"], 2),  # ZEBRA->CAT, QUOKKA deleted: 100%
+    "false_alarm": (["THE ZEBRA SAT", "QUOKKA CAT", "THE CAT ZEBRA"], 1),  # inserted: 50%
+}
+
+
+def _make_report_module():
+    import importlib.util
+
+    path = ROOT / "egs" / "synth" / "ASR" / "local" / "make_report.py"
+    spec = importlib.util.spec_from_file_location("synth_make_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_system(decode: Path, folder: str, test_set: str, wer: float,
+                 hyps: str | None = None, tag: str = "greedy_search") -> None:
+    """decode/<folder>/ with a wer-summary file and (for B) a recogs file, as decode.py
+    writes them."""
+    d = decode / folder
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"wer-summary-{test_set}-{tag}.txt").write_text(f"settings\tWER\n{tag}\t{wer}\n")
+    refs = B_REFS if hyps else [("a1", "THE CAT SAT")]
+    hyp_lines = B_HYPS[hyps][0] if hyps else ["THE CAT SAT"]
+    lines = []
+    for (utt, ref), hyp in zip(refs, hyp_lines):
+        lines += [f"{utt}:\tref={ref.split()!r}", f"{utt}:\thyp={hyp.split()!r}"]
+    (d / f"recogs-{test_set}-{tag}.txt").write_text("\n".join(lines) + "\n")
+
+
+def _vocab_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "manifests"
+    d.mkdir()
+    (d / "synth_a_vocab.txt").write_text("THE\nCAT\nSAT\n")
+    (d / "synth_b_vocab.txt").write_text("THE\nCAT\nZEBRA\nQUOKKA\n")
+    return d
+
+
+def test_b_only_word_errors_are_counted_from_the_recogs_files(tmp_path):
+    mr = _make_report_module()
+    words = mr.b_only_words(_vocab_dir(tmp_path))
+    assert words == {"ZEBRA", "QUOKKA"}
+    decode = tmp_path / "exp" / "decode"
+    for folder, hyps in (("base", "miss_all"), ("full_ft", "one_miss"),
+                         ("adapter_dj", "false_alarm"), ("adapter_biased", "right")):
+        _fake_system(decode, folder, "B", 10.0, hyps, tag="epoch-3-avg-1")
+    _fake_system(decode, "base", "A", 3.0)  # no B-only word in A's references: no rate
+    rates = mr.read_b_only_errors(tmp_path / "exp", words)
+    assert rates == {"base/B": 100.0, "full_ft/B": 50.0, "adapter_dj/B": 50.0,
+                     "adapter_biased/B": 0.0}
+    assert all(rates[f"{f}/B"] == 100 * B_HYPS[h][1] / 2 for f, h in (
+        ("base", "miss_all"), ("full_ft", "one_miss"), ("adapter_dj", "false_alarm")))
+
+
+def test_make_report_shows_the_extra_systems_and_checks_their_targets(tmp_path):
+    mr = _make_report_module()
+    exp = tmp_path / "exp"
+    decode = exp / "decode"
+    for key, wer, hyps in (("base/A", 3.0, None), ("base/B", 50.0, "miss_all"),
+                           ("adapter/B", 20.0, "miss_all"), ("adapter_off/A", 3.0, None),
+                           ("full_ft/A", 27.0, None), ("full_ft/B", 10.0, "one_miss"),
+                           ("lora/B", 18.0, "miss_all"), ("lora_off/A", 3.0, None),
+                           ("adapter_dj/B", 15.0, "false_alarm"),
+                           ("adapter_dj_off/A", 3.5, None),
+                           ("adapter_beam/B", 19.0, "miss_all"),
+                           ("adapter_biased/B", 17.0, "right")):
+        folder, test_set = key.split("/")
+        _fake_system(decode, folder, test_set, wer, hyps)
+    (exp / "lora" / "log").mkdir(parents=True)
+    (exp / "lora" / "log" / "log-train").write_text(
+        "Number of model parameters: 2075529\nA total of 37632 trainable parameters\n")
+    (exp / "stage_seconds.tsv").write_text("train_base\t600\ndecode_base\t100\n"
+                                           "train_lora\t200\ndecode_biased\t100\n")
+    mr.report(exp, _vocab_dir(tmp_path))
+    report = json.loads((exp / "report.json").read_text())
+    assert report["wer"]["lora/B"] == 18.0 and report["wer"]["lora_off/A"] == 3.0
+    assert report["b_only_word_error"] == {
+        "base/B": 100.0, "adapter/B": 100.0, "full_ft/B": 50.0, "lora/B": 100.0,
+        "adapter_dj/B": 50.0, "adapter_beam/B": 100.0, "adapter_biased/B": 0.0}
+    assert report["params"] == {"lora": {"trainable": 37632, "total": 2075529}}
+    targets = {t["target"]: (t["met"], t["measured"]) for t in report["targets"]}
+    assert targets["whole run <= 15 min"] == (True, "11.7 min")  # the extra stages apart
+    assert targets["LoRA trains <= 2% of the parameters"] == (True, "37632 of 2075529 (1.81%)")
+    # (50 - 18) / (50 - 10) = 80% against (50 - 20) / 40 = 75%
+    assert targets["LoRA recovers >= the adapters' share of full fine-tuning's gain on B"] == (
+        True, "80% vs 75%")
+    assert targets["decoder+joiner adapters: B-only word errors <= 1.5x full fine-tuning's"] \
+        == (True, "50.00% vs 50.00%")
+    assert targets["LoRA off on A == base/A"][0] is True
+    assert targets["decoder+joiner adapters off on A == base/A"][0] is False
+    md = (exp / "report.md").read_text()
+    assert "| LoRA, trained on B | 3.00 (off) | 18.00 | 100.00 |" in md
+    assert "| adapters: modified beam search, biased to the B-only words | - | 17.00 | 0.00 |" \
+        in md
+    assert "| adapters: ONNX Runtime fp32 | - | - | - |" in md
+    assert "(extra systems: 5.0 min)" in md
+    # without the extra systems' results, the table has the default rows only
+    assert mr.wer_table({"base/A": 3.0}).count("\n") == 1 + len(mr.ROWS)

@@ -2,7 +2,9 @@
 decoding folders, as ``report.md``, ``report.json`` and a bar chart.
 
 A run script (``egs/*/ASR/run.sh``) decodes each system into ``<exp-dir>/decode/<system>/``
-(``wer-summary-<set>-*.txt``, written by the decode scripts) and records the seconds of each
+(``wer-summary-<set>-*.txt`` and ``recogs-<set>-*.txt``, written by the decode scripts; the
+error rate on a list of words, such as a domain's own vocabulary, is counted from the
+latter) and records the seconds of each
 stage in ``<exp-dir>/stage_seconds.tsv``; its ``local/make_report.py`` says which systems and
 sets to show and how to label them, and calls these functions. Files are written atomically.
 """
@@ -11,11 +13,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from icefall.decode.report import read_wer_summary
+from icefall.decode.report import listed_word_errors, read_transcripts, read_wer_summary
 from icefall.files import atomic_write, atomic_write_text
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
@@ -37,10 +39,73 @@ def read_system_wers(decode_dir: Path, systems: Mapping[str, tuple[str, str]]
     """
     wers = {}
     for key, (folder, test_set) in systems.items():
-        files = sorted((decode_dir / folder).glob(f"wer-summary-{test_set}-*.txt"))
-        if files:
-            wers[key] = read_wer_summary(files[0])[0][1]
+        summary = _wer_summary_file(decode_dir / folder, test_set)
+        if summary is not None:
+            wers[key] = read_wer_summary(summary)[0][1]
     return wers
+
+
+def _wer_summary_file(folder: Path, test_set: str) -> Path | None:
+    """The (first, by name) ``wer-summary-<test_set>-*.txt`` in ``folder``, or None."""
+    files = sorted(folder.glob(f"wer-summary-{test_set}-*.txt"))
+    return files[0] if files else None
+
+
+def _recogs_file(summary: Path, test_set: str) -> Path:
+    """The ``recogs`` file of the best setting of a ``wer-summary`` file (its tag is the
+    summary's, or ``<key>-<suffix>`` when one run decoded several settings).
+
+    Raises:
+      ValueError: when no such file is beside the summary.
+    """
+    key = read_wer_summary(summary)[0][0]
+    tag = summary.stem.removeprefix(f"wer-summary-{test_set}").removeprefix("-")
+    names = [f"recogs-{test_set}-{t}.txt" for t in (tag, f"{key}-{tag}", key) if t]
+    for name in names:
+        if (summary.parent / name).exists():
+            return summary.parent / name
+    raise ValueError(f"no {' or '.join(names)} beside {summary}")
+
+
+def read_word_list(path: Path) -> set[str]:
+    """The words of a text file of words (whitespace-separated, e.g. one a line).
+
+    Raises:
+      ValueError: when the file cannot be read or holds no words.
+    """
+    try:
+        words = set(path.read_text(encoding="utf-8").split())
+    except OSError as e:
+        raise ValueError(f"cannot read the word list {path}: {e}") from None
+    if not words:
+        raise ValueError(f"the word list {path} holds no words")
+    return words
+
+
+def read_listed_word_error_rates(decode_dir: Path, systems: Mapping[str, tuple[str, str]],
+                                 words: Iterable[str]) -> dict[str, float]:
+    """Error rate (%) on ``words`` of every system whose results exist: misses plus false
+    alarms per reference occurrence of a listed word
+    (:func:`icefall.decode.report.listed_word_errors`), counted over the ``recogs`` file of
+    the decoding run whose WER :func:`read_system_wers` reports.
+
+    Args:
+      decode_dir: ``<exp-dir>/decode``.
+      systems: report key -> (decode folder, test set name).
+      words: the listed words.
+    Returns:
+      report key -> rate, for the systems found whose references hold a listed word.
+    """
+    listed = set(words)
+    rates = {}
+    for key, (folder, test_set) in systems.items():
+        summary = _wer_summary_file(decode_dir / folder, test_set)
+        if summary is None:
+            continue
+        errors = listed_word_errors(read_transcripts(_recogs_file(summary, test_set)), listed)
+        if errors.ref_words > 0:
+            rates[key] = errors.rate
+    return rates
 
 
 def require_results(wers: Mapping[str, float], decode_dir: Path) -> None:

@@ -4,10 +4,13 @@
 # off on A, full fine-tuning for comparison, ONNX export and its decoding with ONNX
 # Runtime (fp32, int8) and sherpa-onnx, then the WER table and exp/report.{md,json},
 # exp/wer.png. Stages whose outputs exist are skipped, so an interrupted run resumes.
+# With --extra-systems 1 (about 5 more minutes on 2 cores), also LoRA (zipformer_lora),
+# adapters in the decoder and joiner too, and context biasing towards B's own words.
 #
 # Usage (from anywhere; `make demo` runs it with the project's virtual environment):
 #   egs/synth/ASR/run.sh
-#   egs/synth/ASR/run.sh --stage 5                   # from the adapter stage on
+#   egs/synth/ASR/run.sh --stage 5                   # from the full fine-tuning stage on
+#   egs/synth/ASR/run.sh --extra-systems 1           # and the extra systems (stages 10-14)
 #   egs/synth/ASR/run.sh --num-utts-a 48 --num-utts-b 32 --num-buckets 2 ...  # CI size
 #     (test/test_demo.py runs that in a copy of this directory)
 set -eou pipefail
@@ -42,6 +45,13 @@ train_flags="--lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50 --ref-durati
   --warm-step 100 --ctc-loss-scale 0.5 --am-scale 0.2 --enable-spec-aug 0
   --enable-musan 0 --num-workers 0 --tensorboard 0 --log-interval 20
   --valid-interval 100000 --save-every-n 100000"
+# extra systems (--extra-systems 1): LoRA of rank lora_r (1.8% of the parameters), adapters
+# at the encoder, decoder and joiner, and modified beam search biased towards the B-only
+# words (--context-file) with bonus context_score per BPE piece
+extra_systems=0
+lora_r=3
+lora_lr=0.1
+context_score=2.0
 python=${PYTHON:-python3}
 
 cd "$(dirname "$0")"
@@ -91,7 +101,7 @@ epoch=$base_epochs
 run_stage 2 decode_base "$exp_dir/decode/base" \
   decode base zipformer/decode.py "$exp_dir/base" "$A_TEST,$B_TEST"
 
-# finetune NAME USE_ADAPTERS LR: fine-tune the base model on domain B
+# finetune NAME USE_ADAPTERS LR [FLAGS...]: fine-tune the base model on domain B
 # shellcheck disable=SC2086
 finetune() {
   $python "$recipes/zipformer_adapter/train.py" --exp-dir "$exp_dir/$1" $data_flags \
@@ -99,7 +109,7 @@ finetune() {
     --num-epochs "$finetune_epochs" --base-lr "$3" $train_data_flags \
     $train_flags $model_flags \
     --do-finetune 1 --finetune-ckpt "$exp_dir/base/epoch-$base_epochs.pt" \
-    --use-adapters "$2" --adapter-dim "$adapter_dim"
+    --use-adapters "$2" --adapter-dim "$adapter_dim" "${@:4}"
 }
 run_stage 3 train_adapter "$exp_dir/adapter/epoch-$finetune_epochs.pt" finetune adapter 1 "$adapter_lr"
 
@@ -153,7 +163,55 @@ sherpa_decode() {
 }
 run_stage 9 decode_sherpa_onnx "$exp_dir/decode/sherpa_onnx" sherpa_decode
 
-if [ "$stop_stage" -ge 10 ]; then
-  log "Stage 10: report"
-  $python local/make_report.py --exp-dir "$exp_dir"
+# ------------------------------------------------ extra systems (--extra-systems 1)
+epoch=$finetune_epochs
+if [ "$extra_systems" -eq 1 ]; then
+  # shellcheck disable=SC2086
+  train_lora() {
+    $python "$recipes/zipformer_lora/finetune.py" --exp-dir "$exp_dir/lora" $data_flags \
+      --train-cuts synth_b_cuts_train.jsonl.gz --valid-cuts synth_b_cuts_dev.jsonl.gz \
+      --num-epochs "$finetune_epochs" --base-lr "$lora_lr" $train_data_flags \
+      $train_flags $model_flags \
+      --do-finetune 1 --finetune-ckpt "$exp_dir/base/epoch-$base_epochs.pt" \
+      --use-lora 1 --lora-r "$lora_r"
+  }
+  run_stage 10 train_lora "$exp_dir/lora/epoch-$finetune_epochs.pt" train_lora
+  run_stage 11 decode_lora "$exp_dir/decode/lora" \
+    decode lora zipformer_lora/decode.py "$exp_dir/lora" "$B_TEST" --use-lora 1
+  run_stage 11 decode_lora_off "$exp_dir/decode/lora_off" \
+    decode lora_off zipformer_lora/decode.py "$exp_dir/lora" "$A_TEST" --use-lora 0
+
+  # shellcheck disable=SC2086
+  train_adapter_dj() {
+    finetune adapter_dj 1 "$adapter_lr" --adapter-targets encoder,decoder,joiner
+  }
+  run_stage 12 train_adapter_dj "$exp_dir/adapter_dj/epoch-$finetune_epochs.pt" \
+    train_adapter_dj
+  run_stage 13 decode_adapter_dj "$exp_dir/decode/adapter_dj" \
+    decode adapter_dj zipformer_adapter/decode.py "$exp_dir/adapter_dj" "$B_TEST" \
+    --use-adapters 1
+  run_stage 13 decode_adapter_dj_off "$exp_dir/decode/adapter_dj_off" \
+    decode adapter_dj_off zipformer_adapter/decode.py "$exp_dir/adapter_dj" "$A_TEST" \
+    --use-adapters 0
+
+  # the adapter model on B with modified beam search, without and with biasing towards
+  # the words of B's vocabulary that A's lacks
+  decode_biased() {
+    local words="$exp_dir/b_only_words.txt"
+    LC_ALL=C comm -13 <(LC_ALL=C sort -u data/manifests/synth_a_vocab.txt) \
+      <(LC_ALL=C sort -u data/manifests/synth_b_vocab.txt) > "$words.tmp"
+    mv "$words.tmp" "$words"
+    local beam="--decoding-method modified_beam_search --beam-size 4 --use-adapters 1"
+    # shellcheck disable=SC2086
+    decode adapter_beam zipformer_adapter/decode.py "$exp_dir/adapter" "$B_TEST" $beam
+    # shellcheck disable=SC2086
+    decode adapter_biased zipformer_adapter/decode.py "$exp_dir/adapter" "$B_TEST" $beam \
+      --context-file "$words" --context-score "$context_score"
+  }
+  run_stage 14 decode_biased "$exp_dir/decode/adapter_biased" decode_biased
+fi
+
+if [ "$stop_stage" -ge 15 ]; then
+  log "Stage 15: report"
+  $python local/make_report.py --exp-dir "$exp_dir" --vocab-dir data/manifests
 fi
