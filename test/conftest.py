@@ -19,10 +19,17 @@ HEAVY_FIXTURES = {"corpus", "streaming_corpus", "base_run", "adapter_run", "caus
                   "causal_adapter_run", "lora_run", "demo"}
 
 
+# The longest single files run first, so that under `make test`'s two workers each starts
+# on one of them while the other files fill the rest of the time.
+FIRST_FILES = ("test_demo.py", "test_gpu_check.py")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    order = {name: i for i, name in enumerate(FIRST_FILES)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable
 
 
 @pytest.fixture(scope="session")
