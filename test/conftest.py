@@ -16,7 +16,7 @@ REFERENCE_DIR = ROOT.parent / "shared" / "reference"
 # uses one (directly or through another fixture) is marked ``slow`` (`make test-fast` skips
 # it; `make test` runs everything).
 HEAVY_FIXTURES = {"corpus", "streaming_corpus", "base_run", "adapter_run", "causal_run",
-                  "causal_adapter_run", "lora_run", "demo"}
+                  "causal_adapter_run", "lora_run", "demo", "custom_run", "prepared"}
 
 
 # The longest single files run first, so that under `make test`'s two workers each starts
