@@ -54,7 +54,13 @@ from icefall.checkpoint import (
     update_averaged_model,
 )
 from icefall.data import AsrDataModule, encode, filter_cuts, load_bpe_model, load_cuts
-from icefall.data.manifests import count_cuts, find_manifest, manifest_list, parse_named_sets
+from icefall.data.manifests import (
+    count_cuts,
+    find_manifest,
+    manifest_list,
+    named_sets_text,
+    parse_named_sets,
+)
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.dist import (
     cleanup_dist,
@@ -316,14 +322,15 @@ def save_training_checkpoint(filename: Path, params: AttributeDict, model: nn.Mo
     avg = None if model_avg is None else {k: v.float() for k, v in
                                          model_avg.state_dict().items()}
     extra: dict[str, Any] = {}
+    installed = installed_adapter_config(base)
     if params.get("adapter_only_checkpoints"):
         state = adapter_state_dict(base)
         avg = None if avg is None else {k: avg[k] for k in state}
         fingerprint = params.get("base_fingerprint") or base_fingerprint(base)  # other ranks
         extra = adapter_fields(base.adapter_config, fingerprint, params.base_checkpoint,
                                model_config(params))
-    elif installed_adapter_config(base) is not None:  # a whole model with adapters
-        extra = {"adapter": installed_adapter_config(base).to_dict()}
+    elif installed is not None:  # a whole model with adapters records them too
+        extra = {"adapter": installed.to_dict()}
     for state_ in (state, avg or {}):
         bad = next((k for k, v in state_.items() if v.is_floating_point()
                     and not bool(torch.isfinite(v).all())), None)
@@ -692,11 +699,8 @@ def _manifest_paths(params: AttributeDict, names: str) -> list[Path]:
 def validation_sets(params: AttributeDict) -> list[tuple[str, list[Path]]]:
     """--valid-cuts (one string, or the list of a repeated flag) as (name, manifests)
     pairs (:func:`parse_named_sets`)."""
-    value = params.valid_cuts
-    if isinstance(value, (list, tuple)):
-        value = ",".join(value)
     return [(name, [find_manifest(params.manifest_dir, m) for m in files])
-            for name, files in parse_named_sets(value)]
+            for name, files in parse_named_sets(named_sets_text(params.valid_cuts))]
 
 
 def _load_all(paths: list[Path]):

@@ -13,7 +13,7 @@ import torch
 from conftest import TRAIN_MODEL
 from custom_data import make_base_checkpoint, make_bpe
 
-from icefall.checkpoint import CheckpointError
+from icefall.checkpoint import CheckpointError, load_checkpoint_file
 from icefall.cli.decode import DecodeRecipe, get_parser
 from icefall.cli.model import given_flags
 from icefall.data import load_bpe_model
@@ -71,7 +71,7 @@ def test_a_mismatch_names_the_flags_that_fit(tmp_path):
     """A checkpoint with a stored configuration names its flags; one without (icefall's
     pretrained.pt) names what its weights' shapes say."""
     bpe = make_bpe(tmp_path)
-    ckpt = torch.load(make_base_checkpoint(tmp_path / "base.pt", bpe, TRAIN_MODEL))
+    ckpt = load_checkpoint_file(make_base_checkpoint(tmp_path / "base.pt", bpe, TRAIN_MODEL))
     params = {**MODEL_DEFAULTS, **TRAIN_MODEL, "encoder_dim": "64,80", "vocab_size": 24,
               "use_adapters": False}
     with pytest.raises(CheckpointError, match=r"has shape .* flags stored in base.pt: "

@@ -28,7 +28,7 @@ from icefall.cli.flags import (
     str2bool,
 )
 from icefall.cli.model import add_adapter_arguments, add_model_arguments, given_flags
-from icefall.data.manifests import find_manifest, parse_named_sets
+from icefall.data.manifests import find_manifest, named_sets_text, parse_named_sets
 from icefall.dist import launch
 from icefall.trainer import prepare_training, run_rank
 from icefall.utils import AttributeDict
@@ -175,7 +175,7 @@ def resolve_valid_cuts(params: AttributeDict, recipe: TrainRecipe) -> None:
     """--valid-cuts as one string: the values given, joined, or the recipe's sets (with its
     optional ones when their manifests exist in --manifest-dir)."""
     if params.valid_cuts:
-        params.valid_cuts = ",".join(params.valid_cuts)
+        params.valid_cuts = named_sets_text(params.valid_cuts)
         return
     params.valid_cuts = recipe.valid_cuts
     optional = parse_named_sets(recipe.optional_valid_cuts)

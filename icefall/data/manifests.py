@@ -69,6 +69,11 @@ def set_name(manifests: str) -> str:
     return first[: -len(MANIFEST_SUFFIX)] if first.endswith(MANIFEST_SUFFIX) else first
 
 
+def named_sets_text(value: str | list[str] | tuple[str, ...]) -> str:
+    """Named sets as one string: a repeated flag's list of items joined with commas."""
+    return value if isinstance(value, str) else ",".join(value)
+
+
 def parse_named_sets(value: str) -> list[tuple[str, list[str]]]:
     """Named sets of manifests: ``"dev=a.jsonl.gz+b.jsonl.gz,giga=c.jsonl.gz"`` ->
     ``[("dev", ["a.jsonl.gz", "b.jsonl.gz"]), ("giga", ["c.jsonl.gz"])]``.
