@@ -109,9 +109,11 @@ def _is_exporting() -> bool:
 
 # SwooshL(x) = log(1 + exp(x - 4)) - 0.08 x - 0.035
 # SwooshR(x) = log(1 + exp(x - 1)) - 0.08 x - 0.313261687
-# Both derivatives, sigmoid(x - offset) - 0.08, lie in [-0.08, 0.92]: backward keeps
-# them quantised to one byte per element (stochastic rounding, so unbiased) instead of
-# the float tensors plain autograd would keep for logaddexp.
+# Both derivatives, sigmoid(x - offset) - 0.08, lie in [-0.08, 0.92]. On a GPU backward
+# keeps them quantised to one byte per element (stochastic rounding, so unbiased; icefall's
+# memory saving) instead of the float tensors plain autograd would keep. On the CPU, where
+# memory is plentiful and the quantising passes cost more time than they save, backward
+# keeps x and differentiates exactly.
 _SWOOSH = {"SwooshL": (4.0, 0.035), "SwooshR": (1.0, 0.313261687)}
 _DERIV_MIN, _DERIV_MAX = -0.08, 0.92
 
@@ -124,7 +126,8 @@ def swoosh(x: Tensor, kind: str) -> Tensor:
         # z and runs about 4x faster in ONNX Runtime than its Softplus kernel.
         z = x - offset
         return torch.relu(z) - torch.log(torch.sigmoid(z.abs())) - 0.08 * x - const
-    return torch.logaddexp(torch.zeros_like(x), x - offset) - 0.08 * x - const
+    # softplus(z) = log(1 + e^z), linear above z = 20 where the two agree in float32
+    return torch.nn.functional.softplus(x - offset).sub_(x, alpha=0.08).sub_(const)
 
 
 def _swoosh_deriv_u8(x: Tensor, offset: float) -> Tensor:
@@ -134,22 +137,30 @@ def _swoosh_deriv_u8(x: Tensor, offset: float) -> Tensor:
     return (scaled + torch.rand_like(scaled)).floor_().clamp_(0, 255).to(torch.uint8)
 
 
-def _dequantise(d: Tensor, dtype: torch.dtype) -> Tensor:
-    return d.to(dtype) * ((_DERIV_MAX - _DERIV_MIN) / 255.0) + _DERIV_MIN
+def _swoosh_saved(x: Tensor, offset: float) -> Tensor:
+    """What backward keeps of x: the uint8 derivative on a GPU, x itself on the CPU."""
+    return _swoosh_deriv_u8(x, offset) if x.is_cuda else x
+
+
+def _swoosh_deriv(saved: Tensor, offset: float, dtype: torch.dtype) -> Tensor:
+    """The derivative sigmoid(x - offset) - 0.08 from :func:`_swoosh_saved`'s tensor."""
+    if saved.dtype == torch.uint8:
+        return saved.to(dtype) * ((_DERIV_MAX - _DERIV_MIN) / 255.0) + _DERIV_MIN
+    return torch.sigmoid(saved.float() - offset).sub_(0.08).to(dtype)
 
 
 class _SwooshFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, kind: str) -> Tensor:
-        offset, _ = _SWOOSH[kind]
+        ctx.offset, _ = _SWOOSH[kind]
         if x.requires_grad:
-            ctx.save_for_backward(_swoosh_deriv_u8(x.detach(), offset))
+            ctx.save_for_backward(_swoosh_saved(x.detach(), ctx.offset))
         return swoosh(x.detach(), kind)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (d,) = ctx.saved_tensors
-        return grad * _dequantise(d, grad.dtype), None
+        (saved,) = ctx.saved_tensors
+        return _swoosh_deriv(saved, ctx.offset, grad.dtype).mul_(grad), None
 
 
 class SwooshL(nn.Module):
@@ -179,8 +190,9 @@ class _ActDropoutLinearFunction(torch.autograd.Function):
     """y = linear(dropout(act(x)), W, b) keeping neither act(x) nor its dropped copy.
 
     Saved for backward: x when W needs a gradient (act(x) and its derivative are
-    recomputed from it), otherwise only the quantised derivative of act (1 byte per
-    element): a frozen layer in adapter fine-tuning keeps a quarter of the memory.
+    recomputed from it), otherwise what :func:`_swoosh_saved` keeps (on a GPU the
+    quantised derivative of act, 1 byte per element: a frozen layer in adapter
+    fine-tuning keeps a quarter of the memory).
     """
 
     @staticmethod
@@ -194,7 +206,7 @@ class _ActDropoutLinearFunction(torch.autograd.Function):
         ctx.kind = kind
         ctx.has_bias = bias is not None
         need_x = weight.requires_grad
-        deriv = _swoosh_deriv_u8(x, offset) if x.requires_grad and not need_x else None
+        deriv = _swoosh_saved(x, offset) if x.requires_grad and not need_x else None
         ctx.save_for_backward(x if need_x else None, deriv, weight, mask)
         return out
 
@@ -207,7 +219,7 @@ class _ActDropoutLinearFunction(torch.autograd.Function):
             if mask is not None:
                 grad_h = grad_h * mask
             if deriv is not None:
-                grad_x = grad_h * _dequantise(deriv, grad_h.dtype)
+                grad_x = grad_h * _swoosh_deriv(deriv, _SWOOSH[ctx.kind][0], grad_h.dtype)
             else:
                 offset, _ = _SWOOSH[ctx.kind]
                 grad_x = grad_h * (torch.sigmoid(x.to(grad_h.dtype) - offset) - 0.08)

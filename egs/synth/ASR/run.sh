@@ -6,11 +6,14 @@
 # exp/wer.png. Stages whose outputs exist are skipped, so an interrupted run resumes.
 # With --extra-systems 1 (about 5 more minutes on 2 cores), also LoRA (zipformer_lora),
 # adapters in the decoder and joiner too, and context biasing towards B's own words.
+# With --streaming 1 (about 10 more minutes), also a causal base model with adapters,
+# decoded chunk by chunk by streaming_decode.py (stages 16-18).
 #
 # Usage (from anywhere; `make demo` runs it with the project's virtual environment):
 #   egs/synth/ASR/run.sh
 #   egs/synth/ASR/run.sh --stage 5                   # from the full fine-tuning stage on
 #   egs/synth/ASR/run.sh --extra-systems 1           # and the extra systems (stages 10-14)
+#   egs/synth/ASR/run.sh --streaming 1               # and the streaming systems (16-18)
 #   egs/synth/ASR/run.sh --num-utts-a 48 --num-utts-b 32 --num-buckets 2 ...  # CI size
 #     (test/test_demo.py runs that in a copy of this directory)
 set -eou pipefail
@@ -52,6 +55,13 @@ extra_systems=0
 lora_r=3
 lora_lr=0.1
 context_score=2.0
+# streaming systems (--streaming 1): a causal base trained with icefall's chunk lists,
+# adapters on it, both decoded chunk by chunk with stream_chunk frames (50 Hz) and
+# stream_left_context frames of left context
+streaming=0
+causal_flags="--causal 1 --chunk-size 16,32,64,-1 --left-context-frames 64,128,256,-1"
+stream_chunk=16
+stream_left_context=128
 python=${PYTHON:-python3}
 
 cd "$(dirname "$0")"
@@ -211,7 +221,49 @@ if [ "$extra_systems" -eq 1 ]; then
   run_stage 14 decode_biased "$exp_dir/decode/adapter_biased" decode_biased
 fi
 
-if [ "$stop_stage" -ge 15 ]; then
-  log "Stage 15: report"
+# ------------------------------------------------ streaming systems (--streaming 1)
+if [ "$streaming" -eq 1 ]; then
+  # shellcheck disable=SC2086
+  train_causal_base() {
+    $python "$recipes/zipformer/train.py" --exp-dir "$exp_dir/causal_base" $data_flags \
+      --train-cuts synth_a_cuts_train.jsonl.gz --valid-cuts synth_a_cuts_dev.jsonl.gz \
+      --num-epochs "$base_epochs" --base-lr "$base_lr" $train_data_flags \
+      $train_flags $model_flags $causal_flags
+  }
+  run_stage 16 train_causal_base "$exp_dir/causal_base/epoch-$base_epochs.pt" \
+    train_causal_base
+
+  # shellcheck disable=SC2086
+  train_causal_adapter() {
+    $python "$recipes/zipformer_adapter/train.py" --exp-dir "$exp_dir/causal_adapter" \
+      $data_flags --train-cuts synth_b_cuts_train.jsonl.gz \
+      --valid-cuts synth_b_cuts_dev.jsonl.gz --num-epochs "$finetune_epochs" \
+      --base-lr "$adapter_lr" $train_data_flags $train_flags $model_flags $causal_flags \
+      --do-finetune 1 --finetune-ckpt "$exp_dir/causal_base/epoch-$base_epochs.pt" \
+      --use-adapters 1 --adapter-dim "$adapter_dim"
+  }
+  run_stage 17 train_causal_adapter "$exp_dir/causal_adapter/epoch-$finetune_epochs.pt" \
+    train_causal_adapter
+
+  # stream_decode NAME USE_ADAPTERS: streaming_decode.py of the causal adapter model
+  stream_decode() {
+    local name=$1
+    # shellcheck disable=SC2086
+    $python "$recipes/zipformer_adapter/streaming_decode.py" \
+      --exp-dir "$exp_dir/causal_adapter" --epoch "$finetune_epochs" --avg 1 \
+      --use-averaged-model 0 $data_flags $model_flags --causal 1 \
+      --chunk-size "$stream_chunk" --left-context-frames "$stream_left_context" \
+      --num-decode-streams 200 --num-workers 0 --test-sets "$A_TEST,$B_TEST" \
+      --use-adapters "$2" --adapter-dim "$adapter_dim" \
+      --res-dir "$(fresh_tmp "$exp_dir/decode/$name")"
+    publish "$exp_dir/decode/$name"
+  }
+  run_stage 18 decode_streaming "$exp_dir/decode/streaming" stream_decode streaming 1
+  run_stage 18 decode_streaming_off "$exp_dir/decode/streaming_off" \
+    stream_decode streaming_off 0
+fi
+
+if [ "$stop_stage" -ge 20 ]; then
+  log "Stage 20: report"
   $python local/make_report.py --exp-dir "$exp_dir" --vocab-dir data/manifests
 fi
