@@ -267,3 +267,37 @@ def test_make_report_shows_the_extra_systems_and_checks_their_targets(tmp_path):
     assert "(extra systems: 13.3 min)" in md
     # without the extra systems' results, the table has the default rows only
     assert mr.wer_table({"base/A": 3.0}).count("\n") == 1 + len(mr.ROWS)
+
+
+def test_seed_spread_gives_median_and_range_and_counts_the_runs_meeting_each_target(
+        tmp_path, capsys):
+    import importlib.util
+
+    path = ROOT / "egs" / "synth" / "ASR" / "local" / "seed_spread.py"
+    spec = importlib.util.spec_from_file_location("synth_seed_spread", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = {"s1": (3.0, 50.0, 100.0, True), "s2": (5.0, 40.0, 80.0, False),
+            "s3": (4.0, 46.0, 90.0, True)}
+    dirs = []
+    for name, (a, b, b_only, met) in runs.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "report.json").write_text(json.dumps({
+            "wer": {"base/A": a, "base/B": b, **({"lora/B": 1.0} if name == "s1" else {})},
+            "b_only_word_error": {"base/B": b_only},
+            "targets": [{"target": "base/A <= 4% WER", "met": met, "measured": f"{a:.2f}%"}]}))
+        dirs.append(d)
+    out = tmp_path / "spread.md"
+    module.spread(dirs, out)
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    # medians 4, 46, 90; ranges by hand; lora/B is in one run only: left out
+    assert "| base | 4.00 (3.00-5.00) | 46.00 (40.00-50.00) | 90.00 (80.00-100.00) |" in text
+    assert "lora" not in text
+    assert "| base/A <= 4% WER | 2 of 3 | 3.00%; 5.00%; 4.00% |" in text
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        module.spread([tmp_path / "s1", tmp_path / "missing"], None)
+    from icefall.decode.run_summary import spread_over_runs
+
+    assert spread_over_runs([{"wer": {"x": 1.0}}, {"wer": {"x": 2.0}}]) == {"x": (1.5, 1.0, 2.0)}

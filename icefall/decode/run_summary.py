@@ -176,3 +176,42 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
     """A markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def spread_over_runs(reports: Sequence[Mapping[str, Any]], field: str = "wer"
+                     ) -> dict[str, tuple[float, float, float]]:
+    """Median, minimum and maximum of each value of ``report[field]`` over several runs of
+    the same recipe (seeds, machines): the keys found in every run.
+
+    Args:
+      reports: the runs' ``report.json`` contents.
+      field: "wer", "b_only_word_error", ...
+    Returns:
+      key -> (median, min, max).
+    """
+    if not reports:
+        raise ValueError("no reports to summarise")
+    keys = set.intersection(*(set(r.get(field, {})) for r in reports))
+    out = {}
+    for key in sorted(keys):
+        values = sorted(float(r[field][key]) for r in reports)
+        n = len(values)
+        median = (values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2)
+        out[key] = (median, values[0], values[-1])
+    return out
+
+
+def targets_over_runs(reports: Sequence[Mapping[str, Any]]
+                      ) -> list[tuple[str, int, list[str]]]:
+    """Each target of the runs' reports: (target, runs that met it, measured per run, "-"
+    for a run whose report lacks it), in the first report's order."""
+    names: list[str] = []
+    for r in reports:
+        names += [t["target"] for t in r.get("targets", []) if t["target"] not in names]
+    out = []
+    for name in names:
+        per_run = [next((t for t in r.get("targets", []) if t["target"] == name), None)
+                   for r in reports]
+        out.append((name, sum(bool(t and t["met"]) for t in per_run),
+                    [t["measured"] if t else "-" for t in per_run]))
+    return out
