@@ -243,25 +243,32 @@ def build_model(params: AttributeDict) -> nn.Module:
     return model
 
 
+_DEFAULT_MIN_RMS = 1e-5  # ScaledAdam's param_min_rms
+
+
 def make_optimizer(model: nn.Module, params: AttributeDict) -> tuple[ScaledAdam, Eden]:
     """ScaledAdam over the trainable parameters only, and the Eden schedule.
 
     ScaledAdam sizes each update by the parameter's rms, floored at ``param_min_rms``
     (1e-5 by default). Bottleneck adapters start with ``out_proj`` at zero, where that floor
     would leave them almost still, so their parameters form groups with the floor
-    ``--adapter-min-rms``; LoRA keeps the default floor, as icefall's zipformer_lora does.
+    ``--adapter-min-rms``. LoRA keeps the default floor, as icefall's zipformer_lora does,
+    unless ``--lora-min-rms`` sets another (then its parameters form groups of their own).
     """
-    adapter_ids = {id(p) for p in adapter_parameters(unwrap(model), min_rms_kinds_only=True)}
+    floors = {id(p): params.adapter_min_rms
+              for p in adapter_parameters(unwrap(model), min_rms_kinds_only=True)}
+    lora_min_rms = params.get("lora_min_rms", _DEFAULT_MIN_RMS)
+    if lora_min_rms != _DEFAULT_MIN_RMS:
+        floors.update({id(p): lora_min_rms for p in adapter_parameters(unwrap(model))
+                       if id(p) not in floors})
     groups = []
     for g in get_parameter_groups_with_lrs(model, lr=params.base_lr, include_names=True):
         named = [(n, p) for n, p in g["named_params"] if p.requires_grad]
-        base = [(n, p) for n, p in named if id(p) not in adapter_ids]
-        adapters = [(n, p) for n, p in named if id(p) in adapter_ids]
-        if base:
-            groups.append({"named_params": base, "lr": g["lr"]})
-        if adapters:
-            groups.append({"named_params": adapters, "lr": g["lr"],
-                           "param_min_rms": params.adapter_min_rms})
+        for floor in (None, *sorted(set(floors.values()))):
+            part = [(n, p) for n, p in named if floors.get(id(p)) == floor]
+            if part:
+                groups.append({"named_params": part, "lr": g["lr"],
+                               **({} if floor is None else {"param_min_rms": floor})})
     optimizer = ScaledAdam(groups, lr=params.base_lr, clipping_scale=2.0,
                            host_clipping_checks=False)  # no device read per step
     scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs,

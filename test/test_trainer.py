@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TRAIN_MODEL
-from runs import ADAPTER, BASE, RECIPES, one_error_line, run_script, train_args
+from runs import ADAPTER, BASE, LORA, RECIPES, one_error_line, run_script, train_args
 
 from icefall.adapter_files import is_adapter_only, state_fingerprint
 from icefall.checkpoint import load_checkpoint_file
@@ -208,11 +208,17 @@ def test_missing_corrupt_and_mismatched_checkpoints(corpus, base_run, tmp_path):
 
 def _out_proj_rms_after_one_step(adapter_min_rms: float) -> float:
     """rms of every adapter's out_proj weight after one optimizer step from zero."""
+    return _zero_init_rms_after_one_step(
+        ADAPTER, ["--use-adapters=1", "--adapter-dim=8", f"--adapter-min-rms={adapter_min_rms}"],
+        lambda a: a.out_proj.weight)
+
+
+def _zero_init_rms_after_one_step(spec, extra: list[str], zero_param) -> float:
+    """rms of ``zero_param(adapter)`` (zero at the start) over every adapter of the model
+    ``spec``'s train.py builds with ``extra``, after one optimizer step."""
     torch.manual_seed(0)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TRAIN_MODEL.items()]
-    args = get_parser(ADAPTER.train).parse_args(
-        flags + ["--use-adapters=1", "--adapter-dim=8", f"--adapter-min-rms={adapter_min_rms}",
-                 "--bpe-model=unused"])
+    args = get_parser(spec.train).parse_args(flags + extra + ["--bpe-model=unused"])
     params = get_params()
     params.update(vars(args))
     params.vocab_size = 40
@@ -225,8 +231,9 @@ def _out_proj_rms_after_one_step(adapter_min_rms: float) -> float:
     simple, pruned, _ = model(x, torch.tensor([60, 50]), y, prune_range=3)
     (simple + pruned).backward()
     optimizer.step()
-    outs = [a.out_proj.weight for _, a in iter_adapters(model)]
-    return torch.cat([w.flatten() for w in outs]).pow(2).mean().sqrt().item()
+    outs = [zero_param(a) for _, a in iter_adapters(model)]
+    assert all(w.requires_grad for w in outs)
+    return torch.cat([w.detach().flatten() for w in outs]).pow(2).mean().sqrt().item()
 
 
 def test_adapter_min_rms_sizes_the_first_update_of_zero_adapters():
@@ -236,6 +243,19 @@ def test_adapter_min_rms_sizes_the_first_update_of_zero_adapters():
     small = _out_proj_rms_after_one_step(1e-4)
     assert large > 0.0
     assert abs(large / small - 100.0) < 1.0
+
+
+def test_lora_min_rms_sizes_the_first_update_of_lora_b():
+    """LoRA keeps icefall's floor (1e-5) unless --lora-min-rms sets one: lora_B's first
+    update from zero scales with it, and --adapter-min-rms does not touch it."""
+    def rms(*flags: str) -> float:
+        return _zero_init_rms_after_one_step(
+            LORA, ["--use-lora=1", "--lora-r=4", *flags], lambda a: a.lora_B)
+
+    default = rms()
+    assert default > 0.0
+    assert rms("--adapter-min-rms=0.5") == pytest.approx(default, rel=1e-3)  # not its floor
+    assert abs(rms("--lora-min-rms=1e-2") / default - 1000.0) < 10.0
 
 
 def test_finetune_with_mux_init_modules_and_tensorboard(corpus, base_run, tmp_path):

@@ -141,7 +141,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe: TrainRecipe)
     a("--adapter-min-rms", type=positive_float, default=0.01,
       help="ScaledAdam's param_min_rms for adapter parameters: the smallest scale their "
            "updates are sized by, so that zero-initialised adapters can grow (LoRA keeps "
-           "icefall's 1e-5).")
+           "icefall's 1e-5, or --lora-min-rms).")
+    a("--lora-min-rms", type=positive_float, default=1e-5,
+      help="ScaledAdam's param_min_rms for LoRA's parameters. 1e-5 (icefall's zipformer_lora) "
+           "grows lora_B from zero slowly, suited to icefall's long runs; a short run does "
+           "better with the adapters' 0.01.")
     a("--save-full-checkpoints", type=str2bool, default=False,
       help="With adapters: epoch-N.pt, checkpoint-B.pt and best-*.pt hold the whole model. "
            "By default they hold what trains (adapters, their average, optimizer, scheduler, "
