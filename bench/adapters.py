@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.export import distinct_weights  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from icefall.adapter_files import base_fingerprint, save_adapter_file  # noqa: E402
 from icefall.export.onnx import encoder_metadata, export_transducer  # noqa: E402
@@ -118,6 +119,10 @@ def lora_model() -> torch.nn.Module:
     model = get_model({"use_lora": True, "lora_r": 8})
     g = torch.Generator().manual_seed(0)
     with torch.no_grad(), lora_unmerged(model):
+        # every weight distinct, as in a trained model: the exporter stores equal
+        # initializers (a fresh stack's copied layers) once, which would favour neither side
+        # fairly
+        distinct_weights(model)
         for m in lora_modules(model):
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.01)
     return model

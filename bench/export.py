@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,10 +130,11 @@ def sherpa_decoder(files: tuple[Path, Path, Path], tokens: Path, threads: int) -
     return decode
 
 
-def time_paths(paths: dict[str, Decoder], waves: list[np.ndarray], repeats: int
+def time_paths(paths: dict[str, Callable[[Any], Any]], waves: list, repeats: int
                ) -> tuple[dict[str, float], dict[str, list], float | None]:
-    """Minimum seconds per pass of each path (alternating passes), its outputs, and the
-    share of the CPUs other processes used during the timed passes."""
+    """Minimum seconds per pass of each path (alternating passes; a pass decodes every item
+    of ``waves`` one at a time), its outputs, and the share of the CPUs other processes used
+    during the timed passes."""
     outputs = {name: [dec(w) for w in waves] for name, dec in paths.items()}  # warm-up
     best = {name: float("inf") for name in paths}
     load = OtherLoad()

@@ -47,8 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.decode import calibrate_blank  # noqa: E402
-from bench.export import distinct_weights, make_waves, write_tokens  # noqa: E402
-from bench.loss import OtherLoad  # noqa: E402
+from bench.export import distinct_weights, make_waves, time_paths, write_tokens  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from icefall.data import make_fbank_extractor  # noqa: E402
 from icefall.decode.search import greedy_search_batch  # noqa: E402
@@ -84,17 +83,16 @@ def get_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def offline_pass(model, feats: list[torch.Tensor]) -> list[list[int]]:
+def offline_one(model, feats: torch.Tensor) -> list[int]:
+    """decode.py's path for one utterance: the full forward, then greedy search."""
     with torch.no_grad():
-        out = []
-        for f in feats:
-            enc, lens = model.forward_encoder(f[None], torch.tensor([f.shape[0]]))
-            out += greedy_search_batch(model, enc, lens)
-        return out
+        enc, lens = model.forward_encoder(feats[None], torch.tensor([feats.shape[0]]))
+        return greedy_search_batch(model, enc, lens)[0]
 
 
-def streaming_pass(model, feats: list[torch.Tensor]) -> list[list[int]]:
-    return [streaming_search(model, [f], num_decode_streams=1)[0] for f in feats]
+def streaming_one(model, feats: torch.Tensor) -> list[int]:
+    """streaming_decode.py's path for one utterance (one stream)."""
+    return streaming_search(model, [feats], num_decode_streams=1)[0]
 
 
 def chunk_times(model, feats: list[torch.Tensor], chunk: int) -> list[float]:
@@ -144,20 +142,6 @@ def sherpa_online(files, tokens: Path, threads: int):
     return decode
 
 
-def best_times(paths: dict, inputs: dict, repeats: int) -> tuple[dict, dict, float | None]:
-    """Minimum seconds per pass of each path (alternating passes), its outputs after a
-    warm-up pass, and the share of the CPUs other processes used meanwhile."""
-    outputs = {name: fn(inputs[name]) for name, fn in paths.items()}
-    best = {name: float("inf") for name in paths}
-    load = OtherLoad()
-    for _ in range(repeats):
-        for name, fn in paths.items():
-            start = time.perf_counter()
-            fn(inputs[name])
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best, outputs, load.share()
-
-
 def export_both(model, out: Path) -> tuple[tuple, tuple, float]:
     """fp32 files of the non-streaming and the streaming export, and the seconds taken."""
     start = time.perf_counter()
@@ -201,12 +185,13 @@ def main() -> None:
         tokens = write_tokens(Path(tmp) / "tokens.txt", 500)
         off = sherpa_offline(offline_files, tokens, args.threads)
         on = sherpa_online(online_files, tokens, args.threads)
-        paths = {"pytorch offline": lambda f: offline_pass(model, f),
-                 "pytorch streaming": lambda f: streaming_pass(model, f),
-                 "sherpa-onnx offline": lambda w: [off(x) for x in w],
-                 "sherpa-onnx online": lambda w: [on(x) for x in w]}
-        inputs = {k: feats if k.startswith("pytorch") else waves for k in paths}
-        times, outputs, other = best_times(paths, inputs, args.repeats)
+        # each path decodes one (features, samples) pair: PyTorch the features, sherpa-onnx
+        # the samples
+        paths = {"pytorch offline": lambda item: offline_one(model, item[0]),
+                 "pytorch streaming": lambda item: streaming_one(model, item[0]),
+                 "sherpa-onnx offline": lambda item: off(item[1]),
+                 "sherpa-onnx online": lambda item: on(item[1])}
+        times, outputs, other = time_paths(paths, list(zip(feats, waves)), args.repeats)
     latency = latency_rows(model, feats)
     same = sum(a == b for a, b in zip(outputs["pytorch offline"],
                                       outputs["pytorch streaming"]))
