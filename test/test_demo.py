@@ -286,7 +286,9 @@ def test_seed_spread_gives_median_and_range_and_counts_the_runs_meeting_each_tar
         (d / "report.json").write_text(json.dumps({
             "wer": {"base/A": a, "base/B": b, **({"lora/B": 1.0} if name == "s1" else {})},
             "b_only_word_error": {"base/B": b_only},
-            "targets": [{"target": "base/A <= 4% WER", "met": met, "measured": f"{a:.2f}%"}]}))
+            "targets": [{"target": "base/A <= 4% WER", "met": met, "measured": f"{a:.2f}%"}]
+            + ([{"target": "lora/B target", "met": True, "measured": "1.00%"}]
+               if name == "s1" else [])}))
         dirs.append(d)
     out = tmp_path / "spread.md"
     module.spread(dirs, out)
@@ -294,8 +296,9 @@ def test_seed_spread_gives_median_and_range_and_counts_the_runs_meeting_each_tar
     assert text == capsys.readouterr().out
     # medians 4, 46, 90; ranges by hand; lora/B is in one run only: left out
     assert "| base | 4.00 (3.00-5.00) | 46.00 (40.00-50.00) | 90.00 (80.00-100.00) |" in text
-    assert "lora" not in text
-    assert "| base/A <= 4% WER | 2 of 3 | 3.00%; 5.00%; 4.00% |" in text
+    assert "| lora |" not in text
+    assert "| base/A <= 4% WER | 2 of 3 runs | 3.00%; 5.00%; 4.00% |" in text
+    assert "| lora/B target | 1 of 1 runs | 1.00%; -; - |" in text
     with pytest.raises(FileNotFoundError, match="report.json"):
         module.spread([tmp_path / "s1", tmp_path / "missing"], None)
     from icefall.decode.run_summary import spread_over_runs

@@ -202,9 +202,9 @@ def spread_over_runs(reports: Sequence[Mapping[str, Any]], field: str = "wer"
 
 
 def targets_over_runs(reports: Sequence[Mapping[str, Any]]
-                      ) -> list[tuple[str, int, list[str]]]:
-    """Each target of the runs' reports: (target, runs that met it, measured per run, "-"
-    for a run whose report lacks it), in the first report's order."""
+                      ) -> list[tuple[str, int, int, list[str]]]:
+    """Each target of the runs' reports: (target, runs that met it, runs that checked it,
+    measured per run, "-" for a run whose report lacks it), in the first report's order."""
     names: list[str] = []
     for r in reports:
         names += [t["target"] for t in r.get("targets", []) if t["target"] not in names]
@@ -213,5 +213,6 @@ def targets_over_runs(reports: Sequence[Mapping[str, Any]]
         per_run = [next((t for t in r.get("targets", []) if t["target"] == name), None)
                    for r in reports]
         out.append((name, sum(bool(t and t["met"]) for t in per_run),
+                    sum(t is not None for t in per_run),
                     [t["measured"] if t else "-" for t in per_run]))
     return out
