@@ -98,27 +98,29 @@ prepare() {
 }
 run_stage 0 prepare "$bpe" prepare
 
+# train_base NAME [FLAGS...]: train a model on domain A into $exp_dir/NAME
 # shellcheck disable=SC2086
 train_base() {
-  $python "$recipes/zipformer/train.py" --exp-dir "$exp_dir/base" $data_flags \
+  $python "$recipes/zipformer/train.py" --exp-dir "$exp_dir/$1" $data_flags \
     --train-cuts synth_a_cuts_train.jsonl.gz --valid-cuts synth_a_cuts_dev.jsonl.gz \
     --num-epochs "$base_epochs" --base-lr "$base_lr" $train_data_flags \
-    $train_flags $model_flags
+    $train_flags $model_flags "${@:2}"
 }
-run_stage 1 train_base "$exp_dir/base/epoch-$base_epochs.pt" train_base
+run_stage 1 train_base "$exp_dir/base/epoch-$base_epochs.pt" train_base base
 
 epoch=$base_epochs
 run_stage 2 decode_base "$exp_dir/decode/base" \
   decode base zipformer/decode.py "$exp_dir/base" "$A_TEST,$B_TEST"
 
-# finetune NAME USE_ADAPTERS LR [FLAGS...]: fine-tune the base model on domain B
+# finetune NAME USE_ADAPTERS LR [FLAGS...]: fine-tune the base model on domain B (the
+# model of $exp_dir/$finetune_base, "base" unless set)
 # shellcheck disable=SC2086
 finetune() {
   $python "$recipes/zipformer_adapter/train.py" --exp-dir "$exp_dir/$1" $data_flags \
     --train-cuts synth_b_cuts_train.jsonl.gz --valid-cuts synth_b_cuts_dev.jsonl.gz \
     --num-epochs "$finetune_epochs" --base-lr "$3" $train_data_flags \
     $train_flags $model_flags \
-    --do-finetune 1 --finetune-ckpt "$exp_dir/base/epoch-$base_epochs.pt" \
+    --do-finetune 1 --finetune-ckpt "$exp_dir/${finetune_base:-base}/epoch-$base_epochs.pt" \
     --use-adapters "$2" --adapter-dim "$adapter_dim" "${@:4}"
 }
 run_stage 3 train_adapter "$exp_dir/adapter/epoch-$finetune_epochs.pt" finetune adapter 1 "$adapter_lr"
@@ -224,23 +226,12 @@ fi
 # ------------------------------------------------ streaming systems (--streaming 1)
 if [ "$streaming" -eq 1 ]; then
   # shellcheck disable=SC2086
-  train_causal_base() {
-    $python "$recipes/zipformer/train.py" --exp-dir "$exp_dir/causal_base" $data_flags \
-      --train-cuts synth_a_cuts_train.jsonl.gz --valid-cuts synth_a_cuts_dev.jsonl.gz \
-      --num-epochs "$base_epochs" --base-lr "$base_lr" $train_data_flags \
-      $train_flags $model_flags $causal_flags
-  }
   run_stage 16 train_causal_base "$exp_dir/causal_base/epoch-$base_epochs.pt" \
-    train_causal_base
+    train_base causal_base $causal_flags
 
   # shellcheck disable=SC2086
   train_causal_adapter() {
-    $python "$recipes/zipformer_adapter/train.py" --exp-dir "$exp_dir/causal_adapter" \
-      $data_flags --train-cuts synth_b_cuts_train.jsonl.gz \
-      --valid-cuts synth_b_cuts_dev.jsonl.gz --num-epochs "$finetune_epochs" \
-      --base-lr "$adapter_lr" $train_data_flags $train_flags $model_flags $causal_flags \
-      --do-finetune 1 --finetune-ckpt "$exp_dir/causal_base/epoch-$base_epochs.pt" \
-      --use-adapters 1 --adapter-dim "$adapter_dim"
+    finetune_base=causal_base finetune causal_adapter 1 "$adapter_lr" $causal_flags
   }
   run_stage 17 train_causal_adapter "$exp_dir/causal_adapter/epoch-$finetune_epochs.pt" \
     train_causal_adapter
