@@ -53,6 +53,7 @@ from icefall.checkpoint import (
     save_checkpoint,
     update_averaged_model,
 )
+from icefall.cpu_allocator import keep_freed_cpu_memory
 from icefall.data import AsrDataModule, encode, filter_cuts, load_bpe_model, load_cuts
 from icefall.data.manifests import (
     count_cuts,
@@ -890,6 +891,8 @@ def run_rank(rank: int, world_size: int, params: AttributeDict) -> None:
     if params.deterministic:
         use_deterministic_algorithms()
     device = setup_dist(rank, world_size, params.master_port)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
     try:
         train(params, rank, world_size, device)
     finally:

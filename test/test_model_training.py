@@ -80,3 +80,41 @@ def test_training_mode_is_random_but_eval_is_deterministic():
         c, _ = model.forward_encoder(x, x_lens)
         d, _ = model.forward_encoder(x, x_lens)
     assert torch.equal(c, d)
+
+
+def test_channels_last_convnext_equals_the_reference_layout_in_training():
+    """ConvNeXt's CPU training path ((N, T, F, C) memory, pointwise convs as matrix
+    products) gives the reference (N, C, T, F) path's output and gradients, balancers,
+    whitening and layer drop included (same random draws)."""
+    import random
+
+    from icefall.zipformer.scaling import Balancer, Whiten
+    from icefall.zipformer.subsampling import ConvNeXt
+
+    torch.manual_seed(0)
+    block = ConvNeXt(16, layerdrop_rate=0.3).train()
+    for m in block.modules():  # every regulariser active on every call
+        if isinstance(m, (Balancer, Whiten)):
+            if isinstance(m.prob, torch.nn.Module):
+                del m.prob  # a ScheduledFloat submodule
+            m.prob = 1.0
+    x0 = torch.randn(3, 16, 21, 9) * 2.0 + 0.5
+    g = torch.randn(3, 16, 21, 9)
+    results = []
+    for path in ("reference", "channels_last"):
+        random.seed(1)
+        torch.manual_seed(1)
+        x = x0.clone().requires_grad_(True)
+        y = block._residual(x, block.depthwise_conv(x)) if path == "reference" else block(x)
+        y.backward(g)
+        grads = {n: p.grad.clone() for n, p in block.named_parameters()}
+        block.zero_grad()
+        results.append((y.detach(), x.grad, grads))
+    (y_ref, gx_ref, gp_ref), (y_cl, gx_cl, gp_cl) = results
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)  # the fast path ran
+    assert torch.allclose(y_cl, y_ref, atol=1e-5)
+    assert torch.allclose(gx_cl, gx_ref, atol=1e-5)
+    for name, grad in gp_ref.items():
+        assert torch.allclose(gp_cl[name], grad, rtol=1e-4, atol=1e-5), name
+    block.eval()  # inference keeps the reference layout
+    assert block(x0).is_contiguous()

@@ -17,6 +17,7 @@ from icefall.zipformer.scaling import (
     SwooshL,
     SwooshR,
     Whiten,
+    _balancer_gradient,
     _swoosh_deriv,
     _swoosh_deriv_u8,
     give_host_feedback,
@@ -189,6 +190,64 @@ def test_balancer_is_identity_in_value_and_corrects_out_of_range_channels():
     assert (extra[:, 2] * x.detach()[:, 2].sign()).sum() > 0
     # Channel 3 is within range: untouched.
     assert extra[:, 3].abs().max() < 1e-6
+
+
+def naive_balancer_gradient(x: torch.Tensor, x_grad: torch.Tensor, limits: tuple,
+                            channel_dim: int) -> torch.Tensor:
+    """The balancer's edited gradient by float64 autograd through its loss."""
+    min_mean, max_mean, min_rms, max_rms, grad_scale = limits
+    dims = [d for d in range(x.ndim) if d != channel_dim]
+    x = x.detach().double().requires_grad_(True)
+    sq_mean = (x ** 2).mean(dim=dims, keepdim=True)
+    mean = x.mean(dim=dims, keepdim=True)
+    std = (sq_mean - mean * mean).clamp(min=1.0e-20).sqrt()
+    rms = sq_mean.clamp(min=1.0e-20).sqrt()
+    m = mean / std
+    loss = ((m - m.clamp(min=min_mean, max=max_mean)).abs()
+            + (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()).sum()
+    (loss_grad,) = torch.autograd.grad(loss, x)
+    grad_rms = (loss_grad ** 2).mean(dim=dims, keepdim=True).sqrt().clamp(min=1.0e-20)
+    g = x_grad.double()
+    return g + g.abs() * loss_grad * (grad_scale / grad_rms)
+
+
+@pytest.mark.parametrize("shape,channel_dim", [((5, 24, 9, 7), 1), ((5, 9, 7, 24), 3),
+                                               ((30, 3, 24), 2), ((24, 40), 0)])
+def test_balancer_closed_form_gradient_matches_float64_autograd(shape, channel_dim):
+    torch.manual_seed(0)
+    channels = shape[channel_dim]
+    view = [1] * len(shape)
+    view[channel_dim] = channels
+    # per-channel scales over 3 decades and offsets: channels inside and outside the
+    # limits, some with |mean| >> std (where mean square minus mean^2 cancels)
+    scale = torch.exp(torch.randn(channels) * 1.5).view(view)
+    offset = (torch.randn(channels) * 2.0).view(view)
+    x = torch.randn(shape) * scale + offset
+    x.select(channel_dim, 0).zero_()  # an all-zero channel
+    g = torch.randn(shape)
+    limits = (-0.5, 0.5, 0.5, 2.0, 0.04)
+    got = _balancer_gradient(x, g, limits, channel_dim)
+    want = naive_balancer_gradient(x, g, limits, channel_dim)
+    assert got.dtype == torch.float32
+    assert (got.double() - want).abs().max() < 2e-5 * want.abs().max()
+    # a half-precision gradient comes back in half precision
+    got16 = _balancer_gradient(x.half(), g.half(), limits, channel_dim)
+    assert got16.dtype == torch.float16
+
+
+def test_balancer_channel_dim_override_equals_the_moved_input():
+    """forward(x, channel_dim=-1) on x moved channels-last gives the moved gradient."""
+    random.seed(0)
+    torch.manual_seed(0)
+    bal = Balancer(6, channel_dim=1, min_positive=0.4, max_positive=0.6, min_abs=0.5,
+                   max_abs=2.0, prob=1.0).train()
+    x = (torch.randn(3, 6, 5, 4) * 3.0 + 1.0).requires_grad_(True)
+    g = torch.randn(3, 6, 5, 4)
+    bal(x).backward(g)
+    x_last = x.detach().permute(0, 2, 3, 1).clone().requires_grad_(True)
+    bal(x_last, channel_dim=-1).backward(g.permute(0, 2, 3, 1))
+    assert torch.allclose(x_last.grad.permute(0, 3, 1, 2), x.grad, atol=1e-6)
+    assert not torch.equal(x.grad, g)  # the balancer did edit it
 
 
 def test_whitening_metric_is_one_for_white_and_dim_for_rank_one():
