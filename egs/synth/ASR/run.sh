@@ -48,11 +48,14 @@ train_flags="--lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50 --ref-durati
   --warm-step 100 --ctc-loss-scale 0.5 --am-scale 0.2 --enable-spec-aug 0
   --enable-musan 0 --num-workers 0 --tensorboard 0 --log-interval 20
   --valid-interval 100000 --save-every-n 100000"
-# extra systems (--extra-systems 1): LoRA of rank lora_r (1.8% of the parameters), adapters
+# extra systems (--extra-systems 1): LoRA of rank lora_r on lora_targets (every linear
+# layer of the encoder stacks: 2.0% of the parameters; icefall's zipformer_lora sites,
+# --adapter-targets encoder, at rank 3 recover less: docs/benchmarks.md), adapters
 # at the encoder, decoder and joiner, and modified beam search biased towards the B-only
 # words (--context-file) with bonus context_score per BPE piece
 extra_systems=0
-lora_r=3
+lora_r=2
+lora_targets="encoder.encoders.*"
 lora_lr=0.1
 context_score=2.0
 # streaming systems (--streaming 1): a causal base trained with icefall's chunk lists,
@@ -185,7 +188,7 @@ if [ "$extra_systems" -eq 1 ]; then
       --num-epochs "$finetune_epochs" --base-lr "$lora_lr" $train_data_flags \
       $train_flags $model_flags \
       --do-finetune 1 --finetune-ckpt "$exp_dir/base/epoch-$base_epochs.pt" \
-      --use-lora 1 --lora-r "$lora_r"
+      --use-lora 1 --lora-r "$lora_r" --adapter-targets "$lora_targets"
   }
   run_stage 10 train_lora "$exp_dir/lora/epoch-$finetune_epochs.pt" train_lora
   run_stage 11 decode_lora "$exp_dir/decode/lora" \
