@@ -46,3 +46,16 @@ def test_gpu_check_runs_every_check_on_a_cpu(tmp_path, monkeypatch):
     merged = doc.read_text()
     assert "<!-- bench:gpu-check -->" in merged and "| resume | pass" in merged
     assert "Command: `python bench/gpu_check.py" in merged
+
+
+def test_checkpoint_locations_come_from_the_storages_not_from_key_names(tmp_path):
+    """A CPU checkpoint whose RNG state sits under a key named "cuda" is no GPU checkpoint
+    (the byte search it replaces failed every GPU-trained run for that key)."""
+    import torch
+
+    from bench.gpu_check import saved_locations
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"rng": {"cuda": torch.zeros(4, dtype=torch.uint8)}, "w": torch.ones(2)}, path)
+    assert b"cuda" in path.read_bytes()
+    assert saved_locations(path) == {"cpu"}

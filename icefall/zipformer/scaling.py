@@ -452,7 +452,7 @@ def _balancer_gradient(x: Tensor, x_grad: Tensor, limits: tuple[float, ...],
     dims = [d for d in range(x.ndim) if d != channel_dim]
     xf = x.float()
     mean = xf.mean(dim=dims, keepdim=True)  # (1, .., C, .., 1)
-    n = x.numel() // max(mean.numel(), 1)
+    n = x.numel() // mean.numel()
     var_raw = (xf - mean).square().mean(dim=dims, keepdim=True)  # two-pass: no cancellation
     sq_mean = var_raw + mean * mean
     std = var_raw.clamp(min=1.0e-20).sqrt()
