@@ -23,14 +23,16 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: N817 (PyTorch idiom)
+from torch.utils.data import DataLoader
 
 from icefall.adapter_files import (
     adapter_fields,
@@ -718,9 +720,16 @@ def _load_all(paths: list[Path]):
     return sets[0] if len(sets) == 1 else combine(*sets)
 
 
-def make_dataloaders(params: AttributeDict, sp, sampler_state: dict | None):
-    """(train_dl, [(name, valid_dl)]): filtered training cuts (muxed with --use-mux) and
-    each validation set's."""
+class Dataloaders(NamedTuple):
+    """What make_dataloaders builds."""
+
+    train: DataLoader  # .sampler resumes mid-epoch when given a sampler state
+    valid: list[tuple[str, DataLoader]]  # (name, dataloader) per validation set
+    new_train_sampler: Callable[[], Any]  # a fresh sampler over the same training cuts
+
+
+def make_dataloaders(params: AttributeDict, sp, sampler_state: dict | None) -> Dataloaders:
+    """Filtered training cuts (muxed with --use-mux) and each validation set's."""
     dm = AsrDataModule(params)
     train_cuts = filter_cuts(_load_all(_manifest_paths(params, params.train_cuts)), sp)
     if params.use_mux:
@@ -728,7 +737,8 @@ def make_dataloaders(params: AttributeDict, sp, sampler_state: dict | None):
         train_cuts = dm.mux_train_cuts(train_cuts, orig)
     valid_dls = [(name, dm.valid_dataloaders(filter_cuts(_load_all(paths), sp)))
                  for name, paths in validation_sets(params)]
-    return dm.train_dataloaders(train_cuts, sampler_state_dict=sampler_state), valid_dls
+    return Dataloaders(dm.train_dataloaders(train_cuts, sampler_state_dict=sampler_state),
+                       valid_dls, lambda: dm.train_sampler(train_cuts))
 
 
 def _make_model(params: AttributeDict, rank: int, world_size: int, device: torch.device
@@ -792,11 +802,13 @@ class BatchOutOfMemoryError(TrainingStoppedError):
     """The GPU ran out of memory on one of the most demanding batches of the epoch."""
 
 
-def scan_pessimistic_batches(params: AttributeDict, st: TrainState, train_dl) -> None:
+def scan_pessimistic_batches(params: AttributeDict, st: TrainState, data: Dataloaders
+                             ) -> None:
     """icefall's scan_pessimistic_batches_for_oom: forward and backward on the most
     demanding batches of an epoch (longest cut, largest total duration, most cuts, ...),
     so that a --max-duration too large for the GPU fails at once with advice, not hours
-    later. Leaves the model, the optimizer and the sampler as they were.
+    later. Leaves the model, the optimizer and the training sampler as they were (the scan
+    reads a fresh sampler: one resumed mid-epoch cannot be copied).
 
     Raises:
       BatchOutOfMemoryError: naming the criterion and --max-duration.
@@ -804,7 +816,8 @@ def scan_pessimistic_batches(params: AttributeDict, st: TrainState, train_dl) ->
     from lhotse.dataset import find_pessimistic_batches
 
     logging.info("Sanity check: do the most demanding batches of an epoch fit in memory?")
-    batches, values = find_pessimistic_batches(copy.deepcopy(train_dl.sampler))
+    batches, values = find_pessimistic_batches(data.new_train_sampler())
+    train_dl = data.train
     saved = whiten_state(unwrap(st.model))
     set_train_mode(st.model, params)
     for criterion, cuts in batches.items():
@@ -851,11 +864,12 @@ def train(params: AttributeDict, rank: int, world_size: int, device: torch.devic
         params.batch_count_offset = batch_count_offset(params)
     resume_mid_epoch = params.start_batch > 0 and checkpoint is not None
     sampler_state = checkpoint.get("sampler") if resume_mid_epoch else None
-    train_dl, valid_dls = make_dataloaders(params, sp, sampler_state)
+    data = make_dataloaders(params, sp, sampler_state)
+    train_dl, valid_dls = data.train, data.valid
     logging.info(f"Validation sets: {', '.join(n for n, _ in valid_dls)} (--valid-cuts "
                  f"{params.valid_cuts})")
     if device.type == "cuda":
-        scan_pessimistic_batches(params, st, train_dl)
+        scan_pessimistic_batches(params, st, data)
     epoch_seconds: list[float] = []
     for epoch in range(params.start_epoch, params.num_epochs + 1):
         start = time.time()

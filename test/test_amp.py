@@ -4,6 +4,7 @@ across dtypes, checkpoints written on a GPU read on a CPU, the RNG state, the OO
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import zipfile
@@ -208,15 +209,16 @@ def _state_for(corpus, tmp_path):
     sp = load_bpe_model(params.bpe_model)
     set_model_dims_from_bpe(params, sp)
     st, _ = make_train_state(params, 0, 1, CPU, sp)
-    return params, st, make_dataloaders(params, sp, None)[0]
+    return params, st, make_dataloaders(params, sp, None)
 
 
 def test_oom_scan_leaves_model_optimizer_and_sampler_unchanged(corpus, tmp_path):
-    params, st, train_dl = _state_for(corpus, tmp_path)
+    params, st, data = _state_for(corpus, tmp_path)
+    train_dl = data.train
     before = {k: v.clone() for k, v in st.model.state_dict().items()}
     whiten = whiten_state(st.model)
     sampler_state = train_dl.sampler.state_dict()
-    scan_pessimistic_batches(params, st, train_dl)
+    scan_pessimistic_batches(params, st, data)
     assert all(torch.equal(v, before[k]) for k, v in st.model.state_dict().items())
     assert all(p.grad is None for p in st.model.parameters())
     assert whiten_state(st.model) == whiten
@@ -227,11 +229,23 @@ def test_oom_scan_leaves_model_optimizer_and_sampler_unchanged(corpus, tmp_path)
 def test_oom_on_a_pessimistic_batch_names_max_duration(corpus, tmp_path, monkeypatch):
     from icefall.trainer import BatchOutOfMemoryError
 
-    params, st, train_dl = _state_for(corpus, tmp_path)
+    params, st, data = _state_for(corpus, tmp_path)
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(type(st.model), "forward", out_of_memory)
     with pytest.raises(BatchOutOfMemoryError, match=r"lower --max-duration \(now 8.0\)"):
-        scan_pessimistic_batches(params, st, train_dl)
+        scan_pessimistic_batches(params, st, data)
+
+
+def test_oom_scan_works_on_a_sampler_resumed_mid_epoch(corpus, tmp_path):
+    # A sampler restored from a checkpoint's state holds a generator (it fast-forwards
+    # lazily), which cannot be deep-copied: the scan must not need a copy of it.
+    params, st, data = _state_for(corpus, tmp_path)
+    epoch = [sorted(c.id for c in cuts) for cuts in data.train.sampler]
+    next(iter(data.train.sampler))  # (iter() restarts an lhotse sampler's epoch)
+    state = copy.deepcopy(data.train.sampler.state_dict())  # as a checkpoint keeps it
+    resumed = make_dataloaders(params, load_bpe_model(params.bpe_model), state)
+    scan_pessimistic_batches(params, st, resumed)
+    assert [sorted(c.id for c in cuts) for cuts in resumed.train.sampler] == epoch[1:]
