@@ -50,13 +50,16 @@ train_flags="--lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50 --ref-durati
   --valid-interval 100000 --save-every-n 100000"
 # extra systems (--extra-systems 1): LoRA of rank lora_r on lora_targets (every linear
 # layer of the encoder stacks: 2.0% of the parameters; icefall's zipformer_lora sites,
-# --adapter-targets encoder, at rank 3 recover less: docs/benchmarks.md), adapters
+# --adapter-targets encoder, at rank 3 recover less: docs/benchmarks.md), trained at
+# lora_lr with lora_B's updates floored at lora_min_rms (icefall's 1e-5 leaves a
+# zero-initialised lora_B almost still in a run of a few hundred batches), adapters
 # at the encoder, decoder and joiner, and modified beam search biased towards the B-only
 # words (--context-file) with bonus context_score per BPE piece
 extra_systems=0
 lora_r=2
 lora_targets="encoder.encoders.*"
-lora_lr=0.1
+lora_lr=0.05
+lora_min_rms=0.01
 context_score=2.0
 # streaming systems (--streaming 1): a causal base trained with icefall's chunk lists,
 # adapters on it, both decoded chunk by chunk with stream_chunk frames (50 Hz) and
@@ -188,7 +191,8 @@ if [ "$extra_systems" -eq 1 ]; then
       --num-epochs "$finetune_epochs" --base-lr "$lora_lr" $train_data_flags \
       $train_flags $model_flags \
       --do-finetune 1 --finetune-ckpt "$exp_dir/base/epoch-$base_epochs.pt" \
-      --use-lora 1 --lora-r "$lora_r" --adapter-targets "$lora_targets"
+      --use-lora 1 --lora-r "$lora_r" --adapter-targets "$lora_targets" \
+      --lora-min-rms "$lora_min_rms"
   }
   run_stage 10 train_lora "$exp_dir/lora/epoch-$finetune_epochs.pt" train_lora
   run_stage 11 decode_lora "$exp_dir/decode/lora" \
