@@ -121,24 +121,22 @@ def _all_finite(state: dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
 
 
-def saved_locations(path: Path) -> set[str]:
-    """The devices the tensors of a checkpoint were saved from ("cpu", "cuda:0", ...), as
-    torch.load reports them to map_location (a key named "cuda", the CUDA RNG state's, is
-    no GPU tensor)."""
+def load_with_locations(path: Path) -> tuple[dict[str, Any], set[str]]:
+    """A checkpoint read weights-only onto the CPU, and the devices its tensors were saved
+    from ("cpu", "cuda:0", ...), as torch.load reports them to map_location (a key named
+    "cuda", the CUDA RNG state's, is no GPU tensor)."""
     seen: set[str] = set()
 
     def record(storage: Any, location: str) -> Any:
         seen.add(location)
-        return storage
+        return storage  # deserialised on the CPU
 
-    torch.load(path, map_location=record, weights_only=True)
-    return seen
+    return torch.load(path, map_location=record, weights_only=True), seen
 
 
 def check_checkpoint(path: Path) -> dict[str, Any]:
     """Loads weights-only, checks finiteness and that no tensor was saved on a GPU."""
-    ckpt = load_checkpoint_file(path)
-    locations = saved_locations(path)
+    ckpt, locations = load_with_locations(path)
     if any(loc.startswith("cuda") for loc in locations):
         raise AssertionError(f"{path} holds tensors saved on a GPU ({sorted(locations)})")
     if not _all_finite(ckpt["model"]) or not _all_finite(ckpt["model_avg"] or {}):

@@ -53,9 +53,11 @@ def test_checkpoint_locations_come_from_the_storages_not_from_key_names(tmp_path
     (the byte search it replaces failed every GPU-trained run for that key)."""
     import torch
 
-    from bench.gpu_check import saved_locations
+    from bench.gpu_check import load_with_locations
 
     path = tmp_path / "ckpt.pt"
     torch.save({"rng": {"cuda": torch.zeros(4, dtype=torch.uint8)}, "w": torch.ones(2)}, path)
     assert b"cuda" in path.read_bytes()
-    assert saved_locations(path) == {"cpu"}
+    ckpt, locations = load_with_locations(path)
+    assert locations == {"cpu"}
+    assert torch.equal(ckpt["w"], torch.ones(2)) and ckpt["w"].device.type == "cpu"
