@@ -27,7 +27,7 @@ from icefall.zipformer.build import MODEL_DEFAULTS, PER_STACK_FLAGS
 # What describes the network (taken from a base model for fine-tuning) ...
 ARCHITECTURE_KEYS = (*PER_STACK_FLAGS, "pos_dim", "decoder_dim", "joiner_dim", "causal",
                      "chunk_size", "left_context_frames", "use_transducer", "use_ctc",
-                     "context_size")
+                     "context_size", "feature_dim")
 # ... and what a fine-tuning run adds to it (taken when decoding or resuming that run).
 ADAPTER_KEYS = ("adapter_dim", "lora_r")  # the switches stay the recipe's and the flags'
 MODEL_KEYS = ARCHITECTURE_KEYS + ADAPTER_KEYS

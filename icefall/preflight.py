@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from icefall.data.fbank import NUM_MEL_BINS
 from icefall.data.manifests import check_manifest, find_manifest, load_cuts
 from icefall.data.tokenizer import UnkStats, check_unk_share, unk_stats
 from icefall.data.validation import validate_manifest
@@ -33,6 +34,7 @@ def check_training_manifests(params: Mapping[str, Any], names: list[str]) -> Non
     the first bad one is named. MUSAN's manifest must exist when --enable-musan is on."""
     for name in names:
         validate_manifest(find_manifest(params["manifest_dir"], name),
+                          num_mel_bins=int(params.get("feature_dim", NUM_MEL_BINS)),
                           require_supervisions=True,
                           need_features=not params["on_the_fly_feats"],
                           trust_sources=params["trust_manifest"])

@@ -131,7 +131,7 @@ def get_params() -> AttributeDict:
     return AttributeDict(best_train_loss=float("inf"), best_valid_loss=float("inf"),
                          best_train_epoch=-1, best_valid_epoch=-1, batch_idx_train=0,
                          cur_epoch=0, num_bad_batches=0, num_overflow_batches=0,
-                         feature_dim=80, subsampling_factor=4, batch_count_offset=None)
+                         subsampling_factor=4, batch_count_offset=None)
 
 
 def plain_params(params: AttributeDict) -> dict[str, Any]:

@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ROOT
-from lhotse import CutSet, load_manifest
+from lhotse import CutSet, Features, MonoCut, load_manifest
 
 from icefall.cli.data import split_names
 from icefall.data import load_bpe_model, read_tokens
@@ -496,7 +496,12 @@ def test_combine_shuffled_is_a_seeded_permutation(tmp_path):
 
 
 def test_fbank_parts_make_cuts_only_for_missing_parts(tmp_path):
-    (tmp_path / "demo_cuts_done.jsonl.gz").write_bytes(b"kept as it is")
+    done = tmp_path / "demo_cuts_done.jsonl.gz"
+    feats = Features(type="kaldi-fbank", num_frames=100, num_features=80, frame_shift=0.01,
+                     sampling_rate=16000, start=0.0, duration=1.0, storage_type="numpy_files",
+                     storage_path="elsewhere", storage_key="c.npy")
+    CutSet.from_cuts([MonoCut("c", 0.0, 1.0, 0, features=feats)]).to_file(done)
+    kept = done.read_bytes()
     asked = []
 
     def make_cuts(part: str) -> CutSet:
@@ -506,7 +511,10 @@ def test_fbank_parts_make_cuts_only_for_missing_parts(tmp_path):
     with pytest.raises(PrepareError, match="demo empty: no cut to compute features for"):
         compute_fbank_for_parts(make_cuts, ["done", "empty"], tmp_path, "demo")
     assert asked == ["empty"]
-    assert (tmp_path / "demo_cuts_done.jsonl.gz").read_bytes() == b"kept as it is"
+    assert done.read_bytes() == kept
+    with pytest.raises(PrepareError, match="demo_cuts_done.jsonl.gz has 80-bin features, "
+                                           "not the 40 asked for"):
+        compute_fbank_for_parts(make_cuts, ["done"], tmp_path, "demo", num_mel_bins=40)
     assert not (tmp_path / "demo_cuts_empty.jsonl.gz").exists()
 
 

@@ -14,17 +14,21 @@ from pathlib import Path
 import torch
 
 from icefall.cli.flags import positive_int, str2bool
+from icefall.data.fbank import NUM_MEL_BINS
 from icefall.utils import setup_logger
 
 
 def add_fbank_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every ``compute_fbank_*.py`` takes: --manifest-dir, --output-dir,
-    --num-jobs, --progress-bar."""
+    --num-jobs, --progress-bar, --num-mel-bins."""
     parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
     parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
     parser.add_argument("--num-jobs", type=positive_int, default=1,
                         help="Parallel fbank processes.")
     parser.add_argument("--progress-bar", type=str2bool, default=True)
+    parser.add_argument("--num-mel-bins", type=positive_int, default=NUM_MEL_BINS,
+                        help="Mel bins of the fbank features (80 as icefall; a model takes "
+                             "them with --feature-dim).")
 
 
 def setup_fbank_script() -> None:

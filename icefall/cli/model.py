@@ -41,6 +41,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="1 to add a CTC head.")
     parser.add_argument("--context-size", type=positive_int, default=d["context_size"],
                         help="Decoder context: 1 is bigram, 2 is trigram.")
+    parser.add_argument("--feature-dim", type=positive_int, default=d["feature_dim"],
+                        help="Input feature dimension: the mel bins of the fbank features "
+                             "(80 in icefall's recipes; decoding reads it from the checkpoint).")
 
 
 def add_adapter_arguments(parser: argparse.ArgumentParser, use_adapters_default: bool = True,

@@ -48,7 +48,7 @@ from lhotse.dataset.sampling.base import CutSampler
 from lhotse.utils import fix_random_seed
 from torch.utils.data import DataLoader
 
-from icefall.data.fbank import make_fbank_extractor
+from icefall.data.fbank import NUM_MEL_BINS, make_fbank_extractor
 from icefall.data.manifests import load_cuts
 
 INPUT_STRATEGIES = ("PrecomputedFeatures", "OnTheFlyFeatures", "AudioSamples")
@@ -169,7 +169,9 @@ class AsrDataModule:
         if name == "PrecomputedFeatures":
             return PrecomputedFeatures()
         if name == "OnTheFlyFeatures":
-            extractor = make_fbank_extractor()
+            # as many mel bins as the model takes (its --feature-dim, in the same params)
+            extractor = make_fbank_extractor(int(getattr(self.args, "feature_dim",
+                                                         NUM_MEL_BINS)))
             # lhotse's batched Fbank zero-pads the audio of a batch, which changes the last
             # frame of every shorter utterance; one at a time, frames equal stored features.
             return OnTheFlyFeatures(extractor, use_batch_extract=not isinstance(extractor, Fbank))

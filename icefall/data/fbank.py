@@ -1,4 +1,5 @@
-"""80-dim log-mel filterbank features, computed and stored as icefall's data preparation does.
+"""Log-mel filterbank features (80 bins by default), computed and stored as icefall's data
+preparation does.
 
 The extractor is lhotse's Kaldi-compatible ``Fbank(FbankConfig(num_mel_bins=80))`` (pure
 PyTorch, no torchaudio needed). When ``kaldifeat`` imports (it is optional and has no wheels
@@ -8,7 +9,7 @@ Features are stored with lhotse's ``LilcomChunkyWriter`` (lossy, about 4x smalle
 ``lilcom`` package imports, otherwise uncompressed with ``NumpyFilesWriter``; the manifests
 record which, so readers need not know.
 
-Dimension legend: T = frames (100 per second), F = mel bins (80).
+Dimension legend: T = frames (100 per second), F = mel bins (80 unless set).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lhotse import CutSet, Fbank, FbankConfig
 from lhotse.features.base import FeatureExtractor
 from lhotse.features.io import FeaturesWriter, LilcomChunkyWriter, NumpyFilesWriter
 
-from icefall.data.manifests import cuts_filename, feats_dirname, save_cuts
+from icefall.data.manifests import cuts_filename, feats_dirname, load_cuts, save_cuts
 from icefall.data.preparation import PrepareError
 
 NUM_MEL_BINS = 80
@@ -136,6 +137,19 @@ def fbank_device() -> str:
     return "cuda" if kaldifeat_available() and torch.cuda.is_available() else "cpu"
 
 
+def check_feature_width(manifest: Path, num_mel_bins: int) -> None:
+    """An existing cut manifest's features (its first cut's) are ``num_mel_bins`` wide.
+
+    Raises:
+      PrepareError: naming the manifest and both widths.
+    """
+    cut = next(iter(load_cuts(manifest, lazy=True)), None)
+    if cut is not None and cut.has_features and cut.num_features != num_mel_bins:
+        raise PrepareError(f"{manifest} has {cut.num_features}-bin features, not the "
+                           f"{num_mel_bins} asked for: remove it (and its features) to "
+                           "compute them again")
+
+
 def compute_fbank_for_part(cuts: CutSet, output_dir: str | Path, prefix: str, part: str,
                            num_jobs: int = 1, overwrite: bool = False,
                            trim_to_supervisions: bool = False,
@@ -163,6 +177,7 @@ def compute_fbank_for_part(cuts: CutSet, output_dir: str | Path, prefix: str, pa
     output_dir = Path(output_dir)
     manifest = output_dir / cuts_filename(prefix, part)
     if manifest.is_file() and not overwrite:
+        check_feature_width(manifest, kwargs.get("num_mel_bins", NUM_MEL_BINS))
         logging.info(f"{manifest} exists: skipping")
         return manifest
     if not cuts.is_lazy and len(cuts) == 0:
@@ -191,6 +206,7 @@ def compute_fbank_for_parts(make_cuts: Callable[[str], CutSet], parts: Sequence[
     for part in parts:
         manifest = Path(output_dir) / cuts_filename(prefix, part)
         if manifest.is_file() and not overwrite:
+            check_feature_width(manifest, kwargs.get("num_mel_bins", NUM_MEL_BINS))
             logging.info(f"{manifest} exists: skipping")
             outputs.append(manifest)
             continue

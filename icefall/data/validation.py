@@ -25,11 +25,12 @@ class ManifestValidationError(ValueError):
     """A cut manifest breaks an assumption of training; the message names file and cut."""
 
 
-def _feature_problem(cut: Cut, num_mel_bins: int, read_features: bool) -> str | None:
+def _feature_problem(cut: Cut, num_mel_bins: int | None, read_features: bool) -> str | None:
     """What is wrong with the features of ``cut`` (None when nothing)."""
     if not cut.has_features:
         return "has no features"
     feats = cut.features
+    num_mel_bins = feats.num_features if num_mel_bins is None else num_mel_bins
     if feats.num_features != num_mel_bins:
         return f"has {feats.num_features}-dim features, expected {num_mel_bins}"
     shift = feats.frame_shift
@@ -89,17 +90,18 @@ def source_problem(cut: Cut, trust_sources: bool = False) -> str | None:
     return None
 
 
-def validate_cut(cut: Cut, num_mel_bins: int = NUM_MEL_BINS, require_supervision: bool = True,
+def validate_cut(cut: Cut, num_mel_bins: int | None = NUM_MEL_BINS,
+                 require_supervision: bool = True,
                  read_features: bool = False, need_features: bool = True,
                  trust_sources: bool = False) -> str | None:
     """Checks one cut; returns what is wrong with it, or None.
 
     Checks: positive duration; (with ``need_features``) features present, ``num_mel_bins``
-    wide, with as many frames as their duration at 100 per second, covering the cut;
-    (with ``require_supervision``) exactly one supervision with text; supervisions within
-    the cut (2 ms tolerance); (with ``read_features``) the stored (T, F) matrix has the
-    cut's shape and is finite; audio sources that run commands or fetch URLs are refused
-    unless ``trust_sources``, and audio files must exist.
+    wide (any width when None), with as many frames as their duration at 100 per second,
+    covering the cut; (with ``require_supervision``) exactly one supervision with text;
+    supervisions within the cut (2 ms tolerance); (with ``read_features``) the stored
+    (T, F) matrix has the cut's shape and is finite; audio sources that run commands or
+    fetch URLs are refused unless ``trust_sources``, and audio files must exist.
     """
     if not cut.duration > 0:
         return f"has duration {cut.duration}"
@@ -121,7 +123,7 @@ def _storage_missing(cut: Cut, checked: dict[str, bool]) -> str | None:
 
 
 def validate_manifest(path: str | Path, require_supervisions: bool = True,
-                      num_mel_bins: int = NUM_MEL_BINS, read_features: bool = False,
+                      num_mel_bins: int | None = NUM_MEL_BINS, read_features: bool = False,
                       need_features: bool = True, trust_sources: bool = False) -> int:
     """Validates every cut of a manifest (see :func:`validate_cut`) and unique cut ids.
 
@@ -129,7 +131,8 @@ def validate_manifest(path: str | Path, require_supervisions: bool = True,
       path: a ``*_cuts_*.jsonl.gz`` manifest.
       require_supervisions: every cut has one supervision with text (False for noise
         such as MUSAN's, which has none).
-      num_mel_bins: expected feature dimension F.
+      num_mel_bins: expected feature dimension F; None: that of the first cut, which
+        every other cut must share (for a caller that learns F from a model later).
       read_features: also load each feature matrix (slow on a full corpus).
       need_features: cuts must have stored features (not with on-the-fly features).
       trust_sources: accept audio sources that run commands or fetch URLs.
@@ -147,6 +150,8 @@ def validate_manifest(path: str | Path, require_supervisions: bool = True,
     try:
         for cut in cuts:
             cut_id = cut.id
+            if num_mel_bins is None and need_features and cut.has_features:
+                num_mel_bins = cut.features.num_features
             problem = validate_cut(cut, num_mel_bins, require_supervisions, read_features,
                                    need_features, trust_sources)
             if problem is None and cut.id in seen:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from icefall.data.fbank import NUM_MEL_BINS
 from icefall.decode.transcribe import compute_features, read_sound_file
 from icefall.token_table import read_token_table, tokens_to_text
 
@@ -91,7 +92,9 @@ def transcribe_jit_files(params: Mapping[str, Any]) -> list[str]:
     model = load_jit_model(params["nn_model_filename"], device)
     rate = params.get("sample_rate", 16000)
     waves = [read_sound_file(p, rate) for p in params["sound_files"]]
-    feats, lens = compute_features(waves, rate)
+    # F: the mel bins the file's encoder takes (icefall's files do not say: 80)
+    feats, lens = compute_features(waves, rate, int(getattr(model.encoder, "feature_dim",
+                                                            NUM_MEL_BINS)))
     with torch.inference_mode():
         enc, enc_lens = model.encoder(features=feats.to(device),
                                       feature_lengths=lens.to(device))

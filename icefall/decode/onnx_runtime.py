@@ -59,16 +59,18 @@ def fbank_options(sample_rate: int = SAMPLE_RATE, num_bins: int = FEATURE_DIM):
     return opts
 
 
-def compute_features(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """(T, 80) float32 log-mel fbank of (S,) samples in [-1, 1]; T = round(S / 160)."""
+def compute_features(samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
+                     num_bins: int = FEATURE_DIM) -> np.ndarray:
+    """(T, F) float32 log-mel fbank of (S,) samples in [-1, 1]; T = round(S / 160),
+    F = ``num_bins``."""
     import kaldi_native_fbank as knf
 
-    fbank = knf.OnlineFbank(fbank_options(sample_rate))
+    fbank = knf.OnlineFbank(fbank_options(sample_rate, num_bins))
     fbank.accept_waveform(sample_rate, np.asarray(samples, dtype=np.float32))
     fbank.input_finished()
     frames = [np.asarray(fbank.get_frame(i)) for i in range(fbank.num_frames_ready)]
     if not frames:
-        return np.zeros((0, FEATURE_DIM), dtype=np.float32)
+        return np.zeros((0, num_bins), dtype=np.float32)
     return np.stack(frames).astype(np.float32)
 
 
@@ -165,6 +167,8 @@ class OnnxTransducer(OnnxDecoderJoiner):
         _check_io(self.encoder, encoder, ["x", "x_lens"], ["encoder_out", "encoder_out_lens"])
         super().__init__(decoder, joiner, num_threads)
         self.encoder_meta = dict(self.encoder.get_modelmeta().custom_metadata_map)
+        width = self.encoder.get_inputs()[0].shape[2]  # x: (N, T, F)
+        self.feature_dim = width if isinstance(width, int) else FEATURE_DIM
 
     def run_encoder(self, x: np.ndarray, x_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x: (N, T, F) float32; x_lens: (N,) int64 -> encoder_out (N, T', J), lens (N,)."""
@@ -219,7 +223,8 @@ def greedy_search(model: OnnxTransducer, encoder_out: np.ndarray,
 def transcribe(model: OnnxTransducer, tokens: Sequence[str], waves: Sequence[np.ndarray],
                sample_rate: int = SAMPLE_RATE, blank_penalty: float = 0.0) -> list[str]:
     """Text of each (S,) wave: fbank, encoder, greedy search, tokens."""
-    x, x_lens = pad_features([compute_features(w, sample_rate) for w in waves])
+    x, x_lens = pad_features([compute_features(w, sample_rate, model.feature_dim)
+                              for w in waves])
     enc, enc_lens = model.run_encoder(x, x_lens)
     hyps = greedy_search(model, enc, enc_lens, blank_penalty=blank_penalty,
                          unk_id=token_id(tokens, "<unk>"))

@@ -92,7 +92,7 @@ class OnnxStreamingTransducer(OnnxDecoderJoiner):
         num_layers = len(self.state_shapes) // 6
         self.state_names = [f"{n}_{i}" for i in range(num_layers) for n in STATE_NAMES]
         self.state_names += ["embed_states", "processed_lens"]
-        bins = int(meta.get("feature_dim", FEATURE_DIM))
+        self.feature_dim = bins = int(meta.get("feature_dim", FEATURE_DIM))
         self.state_shapes += [("N", 128, 3, ((bins - 1) // 2 - 1) // 2), ("N",)]
         self._check_inputs(encoder)
         super().__init__(decoder, joiner, num_threads)
@@ -168,16 +168,18 @@ class OnlineGreedySearch:
 
 
 def streaming_features(samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
-                       tail_padding: float = TAIL_PADDING) -> np.ndarray:
-    """(T, 80) online fbank of the (S,) samples and ``tail_padding`` seconds of zeros."""
+                       tail_padding: float = TAIL_PADDING,
+                       num_bins: int = FEATURE_DIM) -> np.ndarray:
+    """(T, F) online fbank (F = ``num_bins``) of the (S,) samples and ``tail_padding``
+    seconds of zeros."""
     import kaldi_native_fbank as knf
 
-    fbank = knf.OnlineFbank(fbank_options(sample_rate))
+    fbank = knf.OnlineFbank(fbank_options(sample_rate, num_bins))
     pad = np.zeros(int(tail_padding * sample_rate), dtype=np.float32)
     fbank.accept_waveform(sample_rate, np.concatenate([np.asarray(samples, np.float32), pad]))
     fbank.input_finished()
     frames = [np.asarray(fbank.get_frame(i)) for i in range(fbank.num_frames_ready)]
-    return np.stack(frames).astype(np.float32) if frames else np.zeros((0, FEATURE_DIM),
+    return np.stack(frames).astype(np.float32) if frames else np.zeros((0, num_bins),
                                                                          np.float32)
 
 
@@ -203,7 +205,8 @@ def transcribe_streaming(model: OnnxStreamingTransducer, tokens: Sequence[str],
     texts = []
     for wave in waves:
         search = OnlineGreedySearch(model, 1, blank_penalty, token_id(tokens, "<unk>"))
-        decode_features(model, streaming_features(wave, sample_rate, tail_padding), search)
+        feats = streaming_features(wave, sample_rate, tail_padding, model.feature_dim)
+        decode_features(model, feats, search)
         texts.append(tokens_to_text(search.tokens(), tokens))
     return texts
 

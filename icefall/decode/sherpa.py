@@ -41,8 +41,18 @@ def sherpa_recognizer(params: Mapping[str, Any]):
     return sherpa_onnx.OfflineRecognizer.from_transducer(
         encoder=str(params["encoder"]), decoder=str(params["decoder"]),
         joiner=str(params["joiner"]), tokens=str(params["tokens"]),
-        num_threads=params["num_threads"], sample_rate=16000, feature_dim=80,
-        decoding_method="greedy_search")
+        num_threads=params["num_threads"], sample_rate=16000,
+        feature_dim=encoder_feature_dim(params["encoder"]), decoding_method="greedy_search")
+
+
+def encoder_feature_dim(path: str | Path) -> int:
+    """F of an exported encoder's input ``x`` (N, T, F): the mel bins sherpa-onnx must
+    compute (80 where the file leaves it open)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    return dims[2].dim_value if len(dims) == 3 and dims[2].dim_value > 0 else 80
 
 
 def sherpa_decode(params: Mapping[str, Any]) -> list[Result]:

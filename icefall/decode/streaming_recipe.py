@@ -28,6 +28,7 @@ from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.decode.recipe import (
     Result,
     adapter_state_tag,
+    check_feature_dim,
     load_test_sets,
     report_test_sets,
     results_suffix,
@@ -63,7 +64,8 @@ def decode_stream_set(model, sp, cuts: CutSet, search: StreamingSearch,
                       params: Mapping[str, Any]) -> tuple[list[Result], float]:
     """(cut id, reference words, hypothesis words) of every cut, decoded as streams, and
     the audio duration in seconds."""
-    extractor = make_fbank_extractor() if params.get("on_the_fly_feats") else None
+    extractor = (make_fbank_extractor(model.encoder_embed.in_channels)
+                 if params.get("on_the_fly_feats") else None)
     refs: dict[str, str] = {}
     duration = 0.0
 
@@ -97,6 +99,8 @@ def decode_streaming_checkpoint(params: Mapping[str, Any]
     res_dir = params["res_dir"] or Path(params["exp_dir"]) / "streaming" / method
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     model = load_model(params, device)
+    if not params.get("on_the_fly_feats"):
+        check_feature_dim(cuts, model.encoder_embed.in_channels, "the model")
     suffix = streaming_suffix(params) + adapter_state_tag(model)
     if params.get("label"):
         suffix += f"-{params['label']}"

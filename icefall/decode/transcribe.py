@@ -1,7 +1,8 @@
 """Transcribing sound files with a checkpoint and tokens.txt or a BPE model (pretrained.py).
 
-Features are 80-bin kaldi-compatible fbank at 16 kHz (lhotse's ``Fbank``, the same
-extractor as training; kaldifeat's when it imports).
+Features are kaldi-compatible fbank at 16 kHz with as many mel bins as the model takes
+(80 in icefall's recipes; lhotse's ``Fbank``, the same extractor as training; kaldifeat's
+when it imports).
 
 Dimension legend: N = files, T = frames, S = samples.
 """
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from icefall.audio import read_sound_file as read_samples
 from icefall.checkpoint import load_checkpoint_file, model_state_from, strip_ddp_prefix
 from icefall.data import load_bpe_model, make_fbank_extractor
+from icefall.data.fbank import NUM_MEL_BINS
 from icefall.data.tokenizer import set_model_dims_from_bpe
 from icefall.decode.search import decode_batch
 from icefall.inference import INFO_KEYS, model_from_state
@@ -32,13 +34,14 @@ def read_sound_file(path: Path, sample_rate: int) -> Tensor:
     return torch.from_numpy(read_samples(path, sample_rate))
 
 
-def compute_features(waves: list[Tensor], sample_rate: int) -> tuple[Tensor, Tensor]:
+def compute_features(waves: list[Tensor], sample_rate: int,
+                     num_mel_bins: int = NUM_MEL_BINS) -> tuple[Tensor, Tensor]:
     """Fbank of each wave, padded with log(1e-10) as icefall pads.
 
     Returns:
-      features (N, T, 80) and lengths (N,).
+      features (N, T, F) and lengths (N,), F = ``num_mel_bins``.
     """
-    extractor = make_fbank_extractor()
+    extractor = make_fbank_extractor(num_mel_bins)
     feats = [torch.as_tensor(np.asarray(extractor.extract(w.numpy(), sample_rate)))
              for w in waves]
     lens = torch.tensor([f.shape[0] for f in feats])
@@ -50,7 +53,7 @@ def transcribe(model: nn.Module, to_text: Callable[[list[list[int]]], list[str]]
                waves: list[Tensor], sample_rate: int, method: str, beam_size: int = 4,
                max_sym_per_frame: int = 1) -> list[str]:
     """Text of each wave; ``to_text`` turns token-id lists into texts."""
-    feats, lens = compute_features(waves, sample_rate)
+    feats, lens = compute_features(waves, sample_rate, model.encoder_embed.in_channels)
     with torch.no_grad():
         enc, enc_lens = model.forward_encoder(feats, lens)
         hyps = decode_batch(model, enc, enc_lens, method, beam_size=beam_size,

@@ -75,11 +75,14 @@ class _DecoderNet(nn.Module):
 
 
 class JitEncoder(nn.Module):
-    """icefall's ``EncoderModel`` interface around the traced encoder."""
+    """icefall's ``EncoderModel`` interface around the traced encoder; ``feature_dim`` (F,
+    the mel bins it takes) is kept for the decoder of the file (icefall's files lack it:
+    80)."""
 
-    def __init__(self, traced: torch.jit.ScriptModule) -> None:
+    def __init__(self, traced: torch.jit.ScriptModule, feature_dim: int) -> None:
         super().__init__()
         self.model = traced
+        self.feature_dim = feature_dim
 
     def forward(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """features (N, T, F), feature_lengths (N,) -> encoder_out (N, T', C), lens (N,)."""
@@ -159,7 +162,7 @@ def script_model(model: AsrModel) -> torch.jit.ScriptModule:
     y = torch.randint(0, dec.vocab_size, (3, dec.context_size + 2), generator=g)
     y[:, 0] = -1  # trace the empty context too
     decoder = _trace(_DecoderNet(dec), (y,))
-    container = JitTransducer(JitEncoder(encoder),
+    container = JitTransducer(JitEncoder(encoder, int(model.encoder_embed.in_channels)),
                               JitDecoder(decoder, int(dec.blank_id), int(dec.context_size),
                                          int(dec.vocab_size)),
                               JitJoiner(model.joiner))

@@ -16,6 +16,7 @@ num_dev=200          # dev and test utterances per domain
 num_test=200
 seed=42
 vocab_size=200
+num_mel_bins=80      # fbank bins (run.sh asks for its model's --feature-dim)
 num_jobs=2
 python=${PYTHON:-python3}
 
@@ -41,7 +42,8 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   # Exact (uncompressed) features: run.sh compares decoding from these with sherpa-onnx,
   # which computes its own from the audio; lilcom's steps of 1/64 would flip a few words.
   $python local/compute_fbank_synth.py --manifest-dir data/manifests \
-    --output-dir data/fbank --num-jobs "$num_jobs" --storage numpy_files
+    --output-dir data/fbank --num-jobs "$num_jobs" --storage numpy_files \
+    --num-mel-bins "$num_mel_bins"
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then

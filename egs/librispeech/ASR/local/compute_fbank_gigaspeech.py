@@ -37,7 +37,7 @@ def main() -> None:
     setup_fbank_script()
     subsets = split_names(args.subsets, gigaspeech.ALL_SUBSETS, "GigaSpeech subset")
     gigaspeech.compute_features(args.manifest_dir, args.output_dir, subsets, args.num_jobs,
-                                args.progress_bar)
+                                args.progress_bar, args.num_mel_bins)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def main() -> None:
     parts = split_names(args.dataset, librispeech.PARTS, "LibriSpeech part") \
         if args.dataset else None
     librispeech.compute_features(args.manifest_dir, args.output_dir, parts, args.num_jobs,
-                                 args.perturb_speed, args.progress_bar)
+                                 args.perturb_speed, args.progress_bar, args.num_mel_bins)
     if args.train_all_shuf:
         librispeech.make_train_all_shuf(args.output_dir, args.seed)
 

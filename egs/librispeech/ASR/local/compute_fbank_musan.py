@@ -31,7 +31,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_parser().parse_args()
     setup_fbank_script()
-    musan.compute_features(args.manifest_dir, args.output_dir, args.num_jobs, args.progress_bar)
+    musan.compute_features(args.manifest_dir, args.output_dir, args.num_jobs, args.progress_bar,
+                           args.num_mel_bins)
 
 
 if __name__ == "__main__":

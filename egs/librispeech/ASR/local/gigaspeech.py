@@ -35,7 +35,7 @@ from lhotse.recipes.gigaspeech import download_gigaspeech, prepare_gigaspeech
 from lhotse.recipes.gigaspeech import parse_utterance as parse_gigaspeech_audio
 from lhotse.recipes.utils import manifests_exist
 
-from icefall.data.fbank import compute_fbank_for_parts
+from icefall.data.fbank import NUM_MEL_BINS, compute_fbank_for_parts
 from icefall.data.preparation import PrepareError, prepare_atomically, require_dir, try_download
 from icefall.data.text import is_gigaspeech_garbage, normalize_text
 
@@ -186,13 +186,14 @@ def subset_cuts(manifest_dir: str | Path, subset: str) -> CutSet:
 
 def compute_features(manifest_dir: str | Path, output_dir: str | Path,
                      subsets: Sequence[str] = SUBSETS, num_jobs: int = 1,
-                     progress_bar: bool = True) -> list[Path]:
+                     progress_bar: bool = True, num_mel_bins: int = NUM_MEL_BINS) -> list[Path]:
     """``gigaspeech_cuts_<subset>.jsonl.gz``: one cut per kept segment, with fbank features
-    (in ``gigaspeech_feats_<subset>``).
+    of ``num_mel_bins`` (in ``gigaspeech_feats_<subset>``).
 
     Features are computed once per recording, then the cuts are trimmed to their
     supervisions. Existing outputs are kept.
     """
     return compute_fbank_for_parts(lambda subset: subset_cuts(manifest_dir, subset), subsets,
                                    output_dir, PREFIX, num_jobs=num_jobs,
-                                   progress_bar=progress_bar, trim_to_supervisions=True)
+                                   progress_bar=progress_bar, trim_to_supervisions=True,
+                                   num_mel_bins=num_mel_bins)

@@ -29,7 +29,7 @@ from lhotse import CutSet, combine, load_manifest
 from lhotse.recipes.librispeech import LIBRISPEECH, download_librispeech, prepare_librispeech
 from lhotse.recipes.utils import manifests_exist
 
-from icefall.data.fbank import compute_fbank_for_parts
+from icefall.data.fbank import NUM_MEL_BINS, compute_fbank_for_parts
 from icefall.data.manifests import combine_shuffled, cuts_filename
 from icefall.data.preparation import PrepareError, prepare_atomically, require_dir, try_download
 from icefall.data.tokenizer import train_bpe_model
@@ -125,8 +125,9 @@ def part_cuts(manifest_dir: str | Path, part: str, perturb_speed: bool) -> CutSe
 
 def compute_features(manifest_dir: str | Path, output_dir: str | Path,
                      parts: Sequence[str] | None = None, num_jobs: int = 1,
-                     perturb_speed: bool = True, progress_bar: bool = True) -> list[Path]:
-    """``librispeech_cuts_<part>.jsonl.gz`` with 80-bin fbank features, per part.
+                     perturb_speed: bool = True, progress_bar: bool = True,
+                     num_mel_bins: int = NUM_MEL_BINS) -> list[Path]:
+    """``librispeech_cuts_<part>.jsonl.gz`` with fbank features (``num_mel_bins``), per part.
 
     Parts whose cut manifest exists are skipped without reading anything.
 
@@ -145,7 +146,7 @@ def compute_features(manifest_dir: str | Path, output_dir: str | Path,
                            f"in {manifest_dir} (run stage 1)")
     return compute_fbank_for_parts(lambda part: part_cuts(manifest_dir, part, perturb_speed),
                                    parts, output_dir, PREFIX, num_jobs=num_jobs,
-                                   progress_bar=progress_bar)
+                                   progress_bar=progress_bar, num_mel_bins=num_mel_bins)
 
 
 def make_train_all_shuf(fbank_dir: str | Path, seed: int = 42) -> Path | None:

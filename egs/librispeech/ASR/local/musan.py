@@ -20,7 +20,7 @@ from lhotse import CutSet, combine, load_manifest
 from lhotse.cut import Cut
 from lhotse.recipes.musan import download_musan, prepare_musan
 
-from icefall.data.fbank import compute_fbank, fbank_device
+from icefall.data.fbank import NUM_MEL_BINS, check_feature_width, compute_fbank, fbank_device
 from icefall.data.manifests import save_cuts
 from icefall.data.preparation import PrepareError, prepare_atomically, require_dir, try_download
 
@@ -72,9 +72,10 @@ def _long_enough(cut: Cut) -> bool:
 
 
 def compute_features(manifest_dir: str | Path, output_dir: str | Path, num_jobs: int = 1,
-                     progress_bar: bool = True) -> Path:
+                     progress_bar: bool = True, num_mel_bins: int = NUM_MEL_BINS) -> Path:
     """``musan_cuts.jsonl.gz``: MUSAN music, speech and noise cut into 10 s windows, the
-    windows longer than 5 s kept, with fbank features (in ``musan_feats``), as icefall.
+    windows longer than 5 s kept, with fbank features of ``num_mel_bins`` (in
+    ``musan_feats``), as icefall.
 
     Raises:
       PrepareError: when there is no MUSAN manifest or no window longer than 5 s.
@@ -82,6 +83,7 @@ def compute_features(manifest_dir: str | Path, output_dir: str | Path, num_jobs:
     manifest_dir, output_dir = Path(manifest_dir), Path(output_dir)
     output = output_dir / CUTS
     if output.is_file():
+        check_feature_width(output, num_mel_bins)
         logging.info(f"{output} exists: skipping")
         return output
     paths = [manifest_dir / f"{PREFIX}_recordings_{p}.jsonl.gz" for p in PARTS]
@@ -96,5 +98,6 @@ def compute_features(manifest_dir: str | Path, output_dir: str | Path, num_jobs:
                            f"{MIN_DURATION:g} s")
     output_dir.mkdir(parents=True, exist_ok=True)
     with_feats = compute_fbank(cuts, output_dir / f"{PREFIX}_feats", num_jobs=num_jobs,
-                               progress_bar=progress_bar, device=fbank_device())
+                               progress_bar=progress_bar, device=fbank_device(),
+                               num_mel_bins=num_mel_bins)
     return save_cuts(with_feats, output)

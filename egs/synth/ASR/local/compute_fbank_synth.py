@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Compute 80-bin fbank features of the synthesised corpus and write icefall-named cuts.
+"""Compute fbank features of the synthesised corpus and write icefall-named cuts.
 
 Usage (from egs/synth/ASR):
 
     python local/compute_fbank_synth.py --manifest-dir data/manifests \
-        --output-dir data/fbank --num-jobs 2 [--storage numpy_files]
+        --output-dir data/fbank --num-jobs 2 [--storage numpy_files] [--num-mel-bins 40]
 
 Reads ``synth_{a,b}_{recordings,supervisions}_{train,dev,test}.jsonl.gz`` and writes
 ``data/fbank/synth_{a,b}_cuts_{train,dev,test}.jsonl.gz`` with lhotse's kaldi-compatible
@@ -49,7 +49,8 @@ def main() -> None:
             cuts = CutSet.from_manifests(recordings=recs, supervisions=sups)
             compute_fbank_for_part(cuts, args.output_dir, prefix, part,
                                    num_jobs=args.num_jobs, progress_bar=args.progress_bar,
-                                   storage_type=STORAGE_TYPES[args.storage])
+                                   storage_type=STORAGE_TYPES[args.storage],
+                                   num_mel_bins=args.num_mel_bins)
 
 
 if __name__ == "__main__":
