@@ -118,6 +118,7 @@ def test_a_test_set_of_another_width_is_named_before_decoding(tmp_path):
     with pytest.raises(ValueError, match=r"^test set B: its features have 40 mel bins but "
                                          r"the model takes 80"):
         check_feature_dim(cuts, 80, "the model")
+    check_feature_dim(cuts, 80, "the model", on_the_fly=True)  # features from the audio
 
 
 def test_features_of_another_width_are_not_reused(tmp_path):

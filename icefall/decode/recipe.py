@@ -67,15 +67,17 @@ def load_test_sets(params: Mapping[str, Any]) -> dict[str, CutSet]:
     return sets
 
 
-def check_feature_dim(cuts: Mapping[str, CutSet], feature_dim: int, what: str) -> None:
+def check_feature_dim(cuts: Mapping[str, CutSet], feature_dim: int, what: str,
+                      on_the_fly: bool = False) -> None:
     """The stored features of each test set are ``feature_dim`` wide (the input of the
-    model ``what``); :func:`load_test_sets` checked that each set's cuts agree.
+    model ``what``); :func:`load_test_sets` checked that each set's cuts agree. Nothing to
+    check ``on_the_fly`` (features computed at ``feature_dim`` from the audio).
 
     Raises:
       ValueError: naming the test set, both widths and the flag that sets them.
     """
     for name, cut_set in cuts.items():
-        cut = next(iter(cut_set), None)
+        cut = None if on_the_fly else next(iter(cut_set), None)
         if cut is not None and cut.has_features and cut.num_features != feature_dim:
             raise ValueError(f"test set {name}: its features have {cut.num_features} mel "
                              f"bins but {what} takes {feature_dim} (features are computed "
@@ -234,7 +236,8 @@ def decode_checkpoint(params: Mapping[str, Any], gigaspeech_scoring: bool
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     # model flags not given on the command line come from the checkpoint
     model, notes = load_model_with_notes(params, device)
-    check_feature_dim(cuts, model.encoder_embed.in_channels, "the model")
+    check_feature_dim(cuts, model.encoder_embed.in_channels, "the model",
+                      bool(params.get("on_the_fly_feats")))
     suffix = results_suffix(params) + adapter_state_tag(model)
     key = decoding_key(params["decoding_method"], params["beam_size"], params["beam"],
                        params["max_contexts"], params["max_states"])
@@ -299,7 +302,8 @@ def decode_ctc_checkpoint(params: Mapping[str, Any]) -> dict[str, list[tuple[str
         suffix += f"-beam-{params['beam']}"
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     model, notes = load_model_with_notes(params, device)
-    check_feature_dim(cuts, model.encoder_embed.in_channels, "the model")
+    check_feature_dim(cuts, model.encoder_embed.in_channels, "the model",
+                      bool(params.get("on_the_fly_feats")))
     suffix += adapter_state_tag(model)
     return decode_test_sets(params, cuts, ctc_decoder(model, sp, params), res_dir, key,
                             f"{key}-{suffix}", False, notes)
@@ -342,7 +346,9 @@ def decode_onnx(params: Mapping[str, Any]) -> dict[str, list[tuple[str, float]]]
     model, tokens = load_onnx_model(
         params["encoder_model_filename"], params["decoder_model_filename"],
         params["joiner_model_filename"], params["tokens"], params["num_threads"])
-    check_feature_dim(cuts, model.feature_dim, params["encoder_model_filename"])
+    check_feature_dim(cuts, model.feature_dim, params["encoder_model_filename"],
+                      bool(params.get("on_the_fly_feats")))
+    params = {**params, "feature_dim": model.feature_dim}  # on-the-fly features' width
     key = params["decoding_method"]
     res_dir = params["res_dir"] or Path(params["exp_dir"]) / f"onnx-{key}"
     suffix = f"{key}-{model_tag(params['encoder_model_filename'])}"

@@ -99,8 +99,8 @@ def decode_streaming_checkpoint(params: Mapping[str, Any]
     res_dir = params["res_dir"] or Path(params["exp_dir"]) / "streaming" / method
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     model = load_model(params, device)
-    if not params.get("on_the_fly_feats"):
-        check_feature_dim(cuts, model.encoder_embed.in_channels, "the model")
+    check_feature_dim(cuts, model.encoder_embed.in_channels, "the model",
+                      bool(params.get("on_the_fly_feats")))
     suffix = streaming_suffix(params) + adapter_state_tag(model)
     if params.get("label"):
         suffix += f"-{params['label']}"

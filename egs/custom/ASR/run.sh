@@ -19,7 +19,7 @@
 # Stages (outputs under --exp-dir):
 #   0 prepare        check and normalise (bad rows listed in data/bad_rows.tsv and left out,
 #                    audio converted to 16 kHz mono, <unk> share checked), lhotse manifests
-#   1 features       80-bin fbank (data/fbank)
+#   1 features       fbank, 80 bins unless --num-mel-bins (data/fbank)
 #   2 train_adapter  zipformer_adapter/train.py --do-finetune 1 --use-adapters 1 (adapter/)
 #   3 decode_*       the test set with the base model, adapters on, adapters off (decode/)
 #   4 export_onnx    zipformer_adapter/export-onnx.py (adapter/*.onnx, fp32 and int8)
@@ -58,6 +58,7 @@ skip_bad_rows=1       # 0: a bad row stops the run
 normalize_text=1      # transcripts to the BPE model's form (case, punctuation)
 max_unk_share=0.01    # stop when more of the BPE tokens are <unk>; 1 accepts any share
 num_jobs=2            # feature extraction processes
+num_mel_bins=80       # fbank bins: the base model's --feature-dim (80 for icefall's models)
 python=${PYTHON:-python3}
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -100,7 +101,8 @@ run_stage 0 prepare "$data/prepare.json" prepare
 
 features() {
   $python "$here/local/compute_fbank_custom.py" --manifest-dir "$data/manifests" \
-    --output-dir "$data/fbank" --num-jobs "$num_jobs" --progress-bar 0
+    --output-dir "$data/fbank" --num-jobs "$num_jobs" --progress-bar 0 \
+    --num-mel-bins "$num_mel_bins"
 }
 run_stage 1 features "$data/fbank/custom_cuts_test.jsonl.gz" features
 

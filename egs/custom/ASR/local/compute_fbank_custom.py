@@ -42,7 +42,8 @@ def main() -> None:
         # a worker process takes seconds to start: not worth it for a few utterances
         jobs = args.num_jobs if len(cuts) >= 100 else 1
         compute_fbank_for_part(cuts, args.output_dir, PREFIX, part, num_jobs=jobs,
-                               progress_bar=args.progress_bar, storage_type=storage[part])
+                               progress_bar=args.progress_bar, storage_type=storage[part],
+                               num_mel_bins=args.num_mel_bins)
 
 
 if __name__ == "__main__":
