@@ -40,7 +40,7 @@ adapter_dim=16
 feature_dim=40
 # training: schedules scaled to runs of a few hundred batches; small batches, and the
 # CTC loss and the simple loss's acoustic term, take the model off the LM-only plateau
-base_epochs=3        # a 4th epoch: base A -1.9 to +1.2 points in 3 runs (docs/benchmarks.md)
+base_epochs=4
 finetune_epochs=3
 base_lr=0.05         # base model and full fine-tuning
 adapter_lr=0.1       # adapters (zero-initialised, updates floored by --adapter-min-rms)
