@@ -118,6 +118,20 @@ def adapter_file(corpus, adapter_run, tmp_path_factory) -> Path:
     return out
 
 
+def test_export_adapter_takes_the_model_flags_the_checkpoint_stores(corpus, adapter_run,
+                                                                   adapter_file, tmp_path):
+    """No model flag given: the same file as with the run's flags."""
+    out = adapter_main(str(adapter_run), [
+        "--epoch", "2", "--avg", "1", "--use-averaged-model", "0", "--exp-dir",
+        str(adapter_run), "--tokens", str(_tokens(corpus)), "--new-adapter-name", "podcasts",
+        "--adapter-out", str(tmp_path / "adapter-podcasts.pt")])
+    got, want = (torch.load(p, weights_only=True) for p in (out, adapter_file))
+    for key in ("adapter", "model_config", "base_fingerprint"):
+        assert got[key] == want[key], key
+    assert got["model"].keys() == want["model"].keys()
+    assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+
+
 def test_adapter_file_on_top_of_the_base_decodes_as_the_adapter_run(
         corpus, base_run, adapter_run, adapter_file, tmp_path):
     data = torch.load(adapter_file, weights_only=True)

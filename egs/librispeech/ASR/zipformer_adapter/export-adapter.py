@@ -16,8 +16,8 @@ Usage:
 Writes <exp-dir>/adapter-<name>.pt (--adapter-out to choose; --new-adapter-name to rename):
 the adapter weights of the chosen (averaged) checkpoints, their configuration (kind, dim,
 targets, name) and the fingerprint of the base model they were trained on (3 MB for the
-default model at --adapter-dim 16). Model flags must describe the base model. The
-implementation is shared by the recipes (icefall/export/adapter.py).
+default model at --adapter-dim 16). Model flags not given come from the checkpoint, as in
+decode.py. The implementation is shared by the recipes (icefall/export/adapter.py).
 """
 
 import sys
