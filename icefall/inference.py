@@ -333,14 +333,22 @@ def apply_checkpoint_config(params: dict[str, Any]
     return stored, apply_model_config(params, stored, MODEL_KEYS, path)
 
 
-def load_model_with_notes(params: dict[str, Any], device: torch.device | str = "cpu"
-                          ) -> tuple[AsrModel, list[str]]:
-    """The model chosen by the checkpoint flags, in eval mode on ``device`` (model flags
-    not given on the command line come from the checkpoint: ``params`` is updated), and
-    the lines for the log that say so, for a caller whose log is not set up yet."""
+def chosen_checkpoint_model(params: dict[str, Any]
+                            ) -> tuple[AsrModel, SelectedCheckpoint, str | None]:
+    """The model of the checkpoints the flags choose, its checkpoint, and the line for the
+    log naming the model flags taken from it (None when none were): model flags not given
+    on the command line come from the checkpoint, and ``params`` is updated."""
     stored, note = apply_checkpoint_config(params)
     chosen = select_checkpoint(params)
-    model = model_from_checkpoint(params, chosen, stored)
+    return model_from_checkpoint(params, chosen, stored), chosen, note
+
+
+def load_model_with_notes(params: dict[str, Any], device: torch.device | str = "cpu"
+                          ) -> tuple[AsrModel, list[str]]:
+    """The model chosen by the checkpoint flags, in eval mode on ``device`` (see
+    :func:`chosen_checkpoint_model`), and the lines for the log that say what was taken,
+    for a caller whose log is not set up yet."""
+    model, chosen, note = chosen_checkpoint_model(params)
     notes = [note] if note else []
     notes.append(f"Using {chosen.source}; {describe_adapters(model)}; "
                  f"{sum(p.numel() for p in model.parameters())} parameters")
@@ -370,11 +378,9 @@ def load_export_model(params: dict[str, Any]) -> tuple[AsrModel, str]:
     """The checkpoint model chosen by the flags, in eval mode on the CPU (model flags not
     given come from the checkpoint: ``params`` is updated), with the adapter in use baked
     in, LoRA merged into the weights, or (adapters off) the base model."""
-    stored, note = apply_checkpoint_config(params)
+    model, chosen, note = chosen_checkpoint_model(params)
     if note:
         logging.info(note)
-    chosen = select_checkpoint(params)
-    model = model_from_checkpoint(params, chosen, stored)
     if lora_modules(model):
         model = merged_lora_model(params, model)
         logging.info(f"Merged {model.merged_adapter.describe()} into the weights")

@@ -26,7 +26,13 @@ from lhotse import CutSet, Fbank, FbankConfig
 from lhotse.features.base import FeatureExtractor
 from lhotse.features.io import FeaturesWriter, LilcomChunkyWriter, NumpyFilesWriter
 
-from icefall.data.manifests import cuts_filename, feats_dirname, load_cuts, save_cuts
+from icefall.data.manifests import (
+    cuts_filename,
+    feats_dirname,
+    feature_width,
+    load_cuts,
+    save_cuts,
+)
 from icefall.data.preparation import PrepareError
 
 NUM_MEL_BINS = 80
@@ -143,9 +149,9 @@ def check_feature_width(manifest: Path, num_mel_bins: int) -> None:
     Raises:
       PrepareError: naming the manifest and both widths.
     """
-    cut = next(iter(load_cuts(manifest, lazy=True)), None)
-    if cut is not None and cut.has_features and cut.num_features != num_mel_bins:
-        raise PrepareError(f"{manifest} has {cut.num_features}-bin features, not the "
+    width = feature_width(load_cuts(manifest, lazy=True))
+    if width is not None and width != num_mel_bins:
+        raise PrepareError(f"{manifest} has {width}-bin features, not the "
                            f"{num_mel_bins} asked for: remove it (and its features) to "
                            "compute them again")
 

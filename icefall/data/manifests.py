@@ -157,6 +157,13 @@ def load_cuts(path: str | Path, lazy: bool = True) -> CutSet:
     return cuts
 
 
+def feature_width(cuts: CutSet) -> int | None:
+    """F, the width of the stored features of the first cut of ``cuts`` (a lazy set reads
+    one line); None when it has none."""
+    cut = next(iter(cuts), None)
+    return cut.num_features if cut is not None and cut.has_features else None
+
+
 def save_cuts(cuts: CutSet, path: str | Path) -> Path:
     """Writes ``cuts`` to ``path`` through a temporary file and a rename.
 

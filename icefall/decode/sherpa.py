@@ -50,9 +50,11 @@ def encoder_feature_dim(path: str | Path) -> int:
     compute (80 where the file leaves it open)."""
     import onnx
 
+    from icefall.decode.onnx_runtime import FEATURE_DIM
+
     graph = onnx.load(str(path), load_external_data=False).graph
     dims = graph.input[0].type.tensor_type.shape.dim
-    return dims[2].dim_value if len(dims) == 3 and dims[2].dim_value > 0 else 80
+    return dims[2].dim_value if len(dims) == 3 and dims[2].dim_value > 0 else FEATURE_DIM
 
 
 def sherpa_decode(params: Mapping[str, Any]) -> list[Result]:

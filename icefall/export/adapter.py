@@ -17,12 +17,7 @@ from typing import Any
 
 from icefall.adapter_files import adapter_file_name, base_fingerprint, save_adapter_file
 from icefall.export.onnx import set_dims_from_tokens
-from icefall.inference import (
-    apply_checkpoint_config,
-    base_params,
-    model_from_checkpoint,
-    select_checkpoint,
-)
+from icefall.inference import base_params, chosen_checkpoint_model
 from icefall.zipformer import installed_adapter_config, model_config
 
 
@@ -38,11 +33,9 @@ def export_adapter(params: Mapping[str, Any]) -> Path:
     if not (params.get("use_adapters") or params.get("use_lora")):
         raise ValueError("export-adapter.py writes the adapter in use: drop --use-adapters 0 "
                          "/ --use-lora 0")
-    stored, note = apply_checkpoint_config(params)  # model flags not given: the stored ones
+    model, chosen, note = chosen_checkpoint_model(params)  # flags not given: the stored
     if note:
         logging.info(note)
-    chosen = select_checkpoint(params)
-    model = model_from_checkpoint(params, chosen, stored)
     config = installed_adapter_config(model)
     if params.get("new_adapter_name"):
         config = dataclasses.replace(config, name=params["new_adapter_name"])
