@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from icefall.data.fbank import NUM_MEL_BINS
-from icefall.data.manifests import check_manifest, find_manifest, load_cuts
+from icefall.data.manifests import check_manifest, feature_width, find_manifest, load_cuts
 from icefall.data.tokenizer import UnkStats, check_unk_share, unk_stats
 from icefall.data.validation import validate_manifest
 
@@ -31,10 +31,11 @@ RUN_FILES = ("epoch-*.pt", "checkpoint-*.pt", "best-*.pt", "bad-model*.pt")
 def check_training_manifests(params: Mapping[str, Any], names: list[str]) -> None:
     """Every cut of every manifest named in ``names`` (file names in --manifest-dir, ``a|b``
     for alternatives) parses, is usable for training and has its feature or audio files;
-    the first bad one is named. MUSAN's manifest must exist when --enable-musan is on."""
+    the first bad one is named. MUSAN's manifest must exist when --enable-musan is on, its
+    features as wide as the model's input."""
+    width = int(params.get("feature_dim", NUM_MEL_BINS))
     for name in names:
-        validate_manifest(find_manifest(params["manifest_dir"], name),
-                          num_mel_bins=int(params.get("feature_dim", NUM_MEL_BINS)),
+        validate_manifest(find_manifest(params["manifest_dir"], name), num_mel_bins=width,
                           require_supervisions=True,
                           need_features=not params["on_the_fly_feats"],
                           trust_sources=params["trust_manifest"])
@@ -45,6 +46,11 @@ def check_training_manifests(params: Mapping[str, Any], names: list[str]) -> Non
         except FileNotFoundError as e:
             raise FileNotFoundError(f"--enable-musan 1 needs {musan} (prepare MUSAN, or pass "
                                     "--enable-musan 0)") from e
+        musan_width = feature_width(load_cuts(musan))
+        if not params["on_the_fly_feats"] and musan_width not in (None, width):
+            raise ValueError(f"{musan} has {musan_width}-bin features but the model takes "
+                             f"{width} (--feature-dim): compute MUSAN's with --num-mel-bins "
+                             f"{width}, or pass --enable-musan 0")
 
 
 def other_run_files(exp_dir: Path) -> list[Path]:

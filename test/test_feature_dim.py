@@ -122,6 +122,24 @@ def test_a_test_set_of_another_width_is_named_before_decoding(tmp_path):
     check_feature_dim(cuts, 80, "the model", on_the_fly=True)  # features from the audio
 
 
+def test_training_refuses_musan_features_of_another_width(tmp_path):
+    """--enable-musan 1 mixes MUSAN's stored features into the batches: they must be as wide
+    as the model's input (one line naming the file), unless features are made on the fly."""
+    from icefall.preflight import check_training_manifests
+
+    _manifest(tmp_path, [F, F]).rename(tmp_path / "train_cuts.jsonl.gz")
+    musan = tmp_path / "musan"
+    _manifest(musan, [80]).rename(tmp_path / "musan_cuts.jsonl.gz")
+    params = {"manifest_dir": tmp_path, "feature_dim": F, "on_the_fly_feats": False,
+              "trust_manifest": False, "enable_musan": True}
+    with pytest.raises(ValueError, match=r"musan_cuts.jsonl.gz has 80-bin features but the "
+                                         r"model takes 40 \(--feature-dim\)"):
+        check_training_manifests(params, ["train_cuts.jsonl.gz"])
+    check_training_manifests(dict(params, on_the_fly_feats=True), ["train_cuts.jsonl.gz"])
+    _manifest(musan, [F]).rename(tmp_path / "musan_cuts.jsonl.gz")
+    check_training_manifests(params, ["train_cuts.jsonl.gz"])
+
+
 def test_features_of_another_width_are_not_reused(tmp_path):
     """compute_fbank_for_part skips a part whose manifest exists only when its features
     have the width asked for; each width's features are what lhotse's fbank gives."""
