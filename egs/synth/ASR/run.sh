@@ -58,14 +58,18 @@ train_flags="--lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50 --ref-durati
 # encoder, at rank 3 recover less: docs/benchmarks.md), trained at
 # lora_lr with lora_B's updates floored at lora_min_rms (icefall's 1e-5 leaves a
 # zero-initialised lora_B almost still in a run of a few hundred batches), adapters
-# at the encoder, decoder and joiner, and modified beam search biased towards the B-only
-# words (--context-file) with bonus context_score per BPE piece
+# of width dj_adapter_dim at the encoder, decoder and joiner trained for dj_epochs (at
+# the default adapters' 16 and 3 epochs they learn few of the B-only words:
+# docs/benchmarks.md), and modified beam search biased towards the B-only words
+# (--context-file) with bonus context_score per BPE piece
 extra_systems=0
 lora_r=2
 lora_targets="encoder.encoders.*feed_forward*,encoder.encoders.*conv_module*"
 lora_targets+=",encoder.encoders.*nonlin_attention*,encoder.encoders.*self_attn[12].*"
 lora_lr=0.05
 lora_min_rms=0.01
+dj_adapter_dim=32
+dj_epochs=6
 context_score=2.0
 # streaming systems (--streaming 1): a causal base trained with icefall's chunk lists,
 # adapters on it, both decoded chunk by chunk with stream_chunk frames (50 Hz) and
@@ -126,7 +130,7 @@ run_stage 2 decode_base "$exp_dir/decode/base" \
   decode base zipformer/decode.py "$exp_dir/base" "$A_TEST,$B_TEST"
 
 # finetune NAME USE_ADAPTERS LR [FLAGS...]: fine-tune the base model on domain B (the
-# model of $exp_dir/$finetune_base, "base" unless set)
+# model of $exp_dir/$finetune_base, "base" unless set) for $finetune_epochs epochs
 # shellcheck disable=SC2086
 finetune() {
   $python "$recipes/zipformer_adapter/train.py" --exp-dir "$exp_dir/$1" $data_flags \
@@ -209,16 +213,18 @@ if [ "$extra_systems" -eq 1 ]; then
 
   # shellcheck disable=SC2086
   train_adapter_dj() {
-    finetune adapter_dj 1 "$adapter_lr" --adapter-targets encoder,decoder,joiner
+    finetune_epochs=$dj_epochs finetune adapter_dj 1 "$adapter_lr" \
+      --adapter-dim "$dj_adapter_dim" --adapter-targets encoder,decoder,joiner
   }
-  run_stage 12 train_adapter_dj "$exp_dir/adapter_dj/epoch-$finetune_epochs.pt" \
-    train_adapter_dj
+  run_stage 12 train_adapter_dj "$exp_dir/adapter_dj/epoch-$dj_epochs.pt" train_adapter_dj
+  epoch=$dj_epochs
   run_stage 13 decode_adapter_dj "$exp_dir/decode/adapter_dj" \
     decode adapter_dj zipformer_adapter/decode.py "$exp_dir/adapter_dj" "$B_TEST" \
     --use-adapters 1
   run_stage 13 decode_adapter_dj_off "$exp_dir/decode/adapter_dj_off" \
     decode adapter_dj_off zipformer_adapter/decode.py "$exp_dir/adapter_dj" "$A_TEST" \
     --use-adapters 0
+  epoch=$finetune_epochs
 
   # the adapter model on B with modified beam search, without and with biasing towards
   # the words of B's vocabulary that A's lacks
