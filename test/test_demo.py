@@ -152,6 +152,36 @@ def test_rerun_skips_finished_stages_and_redoes_an_interrupted_one(demo):
     assert list((decode / "onnx").glob("wer-summary-B-*"))
 
 
+EXTRA_STAGES = ["train_lora", "decode_lora", "decode_lora_off", "train_adapter_dj",
+                "decode_adapter_dj", "decode_adapter_dj_off", "decode_biased"]
+
+
+def test_extra_systems_run_after_the_default_ones(demo):
+    """`--stage 10 --extra-systems 1` after a finished run: LoRA, and the encoder+decoder+
+    joiner adapters with their own width and epochs (dj_adapter_dim, dj_epochs, not the
+    default adapters' 8 and 2); both off on A decode exactly as the base model."""
+    recipe, _ = demo
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = run_in_own_group(["bash", str(recipe / "run.sh"), *_demo_args(), "--stage", "10",
+                             "--extra-systems", "1", "--lora-r", "1", "--dj-adapter-dim", "4",
+                             "--dj-epochs", "3"], env, 600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = recipe / "exp"
+    seconds = [line.split("\t")[0] for line in
+               (exp / "stage_seconds.tsv").read_text().splitlines()]
+    assert seconds[-len(EXTRA_STAGES):] == EXTRA_STAGES
+    ckpt = load_checkpoint_file(exp / "adapter_dj" / "epoch-3.pt")
+    assert ckpt["adapter"] == {"name": "default", "kind": "residual", "dim": 4,
+                              "targets": ["encoder", "decoder", "joiner"]}
+    assert not (exp / "adapter_dj" / "epoch-4.pt").exists()
+    w = json.loads((exp / "report.json").read_text())["wer"]
+    assert w["lora_off/A"] == w["adapter_dj_off/A"] == w["base/A"]
+    base_a = _recogs(recipe, "base", "A")
+    assert _recogs(recipe, "lora_off", "A") == base_a
+    assert _recogs(recipe, "adapter_dj_off", "A") == base_a
+    assert _recogs(recipe, "adapter_dj", "B") != _recogs(recipe, "adapter", "B")
+
+
 # ------------------------------------------- B-only word errors and the extra systems' report
 # Hand-made decoding results (no run): domain A's words THE CAT SAT, B's THE CAT ZEBRA
 # QUOKKA, so the B-only words are ZEBRA and QUOKKA, twice in the references of B below.

@@ -4,7 +4,7 @@
 # off on A, full fine-tuning for comparison, ONNX export and its decoding with ONNX
 # Runtime (fp32, int8) and sherpa-onnx, then the WER table and exp/report.{md,json},
 # exp/wer.png. Stages whose outputs exist are skipped, so an interrupted run resumes.
-# With --extra-systems 1 (about 5 more minutes on 2 cores), also LoRA (zipformer_lora),
+# With --extra-systems 1 (about 8 more minutes on 2 cores), also LoRA (zipformer_lora),
 # adapters in the decoder and joiner too, and context biasing towards B's own words.
 # With --streaming 1 (about 10 more minutes), also a causal base model with adapters,
 # decoded chunk by chunk by streaming_decode.py (stages 16-18).
