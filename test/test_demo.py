@@ -152,7 +152,7 @@ def test_rerun_skips_finished_stages_and_redoes_an_interrupted_one(demo):
     assert list((decode / "onnx").glob("wer-summary-B-*"))
 
 
-EXTRA_STAGES = ["train_lora", "decode_lora", "decode_lora_off", "train_adapter_dj",
+EXTRA_SYSTEM_STAGES = ["train_lora", "decode_lora", "decode_lora_off", "train_adapter_dj",
                 "decode_adapter_dj", "decode_adapter_dj_off", "decode_biased"]
 
 
@@ -169,7 +169,7 @@ def test_extra_systems_run_after_the_default_ones(demo):
     exp = recipe / "exp"
     seconds = [line.split("\t")[0] for line in
                (exp / "stage_seconds.tsv").read_text().splitlines()]
-    assert seconds[-len(EXTRA_STAGES):] == EXTRA_STAGES
+    assert seconds[-len(EXTRA_SYSTEM_STAGES):] == EXTRA_SYSTEM_STAGES
     ckpt = load_checkpoint_file(exp / "adapter_dj" / "epoch-3.pt")
     assert ckpt["adapter"] == {"name": "default", "kind": "residual", "dim": 4,
                               "targets": ["encoder", "decoder", "joiner"]}
