@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from icefall.data import AsrDataModule, load_cuts
+from icefall.data.fbank import NUM_MEL_BINS
 from icefall.decode.report import save_results
 
 Result = tuple[str, list[str], list[str]]  # (cut id, reference words, hypothesis words)
@@ -50,11 +51,9 @@ def encoder_feature_dim(path: str | Path) -> int:
     compute (80 where the file leaves it open)."""
     import onnx
 
-    from icefall.decode.onnx_runtime import FEATURE_DIM
-
     graph = onnx.load(str(path), load_external_data=False).graph
     dims = graph.input[0].type.tensor_type.shape.dim
-    return dims[2].dim_value if len(dims) == 3 and dims[2].dim_value > 0 else FEATURE_DIM
+    return dims[2].dim_value if len(dims) == 3 and dims[2].dim_value > 0 else NUM_MEL_BINS
 
 
 def sherpa_decode(params: Mapping[str, Any]) -> list[Result]:
