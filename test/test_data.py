@@ -36,6 +36,8 @@ from icefall.data import (
     decode,
     default_storage_type,
     encode,
+    encode_pieces,
+    fbank_executor,
     filter_cuts,
     load_bpe_model,
     load_cuts,
@@ -134,6 +136,29 @@ def test_features_stored_and_manifests_named_like_icefall(corpus):
         assert feats.shape == (c.num_frames, 80) and np.isfinite(feats).all()
     storage = cuts[0].features.storage_type
     assert storage == default_storage_type().name
+
+
+def test_parts_in_one_shared_pool_equal_features_computed_in_process(tmp_path):
+    """Two parts computed in one two-process pool (the pool outlives the first part) have
+    exactly the features of the same cuts computed in this process."""
+    rng = np.random.default_rng(3)
+    parts = {p: _make_cuts(tmp_path / "wav", p, 5, rng) for p in ("x", "y")}
+    with fbank_executor(2) as pool:
+        assert pool is not None
+        for part, cuts in parts.items():
+            compute_fbank_for_part(cuts, tmp_path / "pooled", PREFIX, part, num_jobs=2,
+                                   executor=pool, progress_bar=False, num_mel_bins=24)
+    for part, cuts in parts.items():
+        compute_fbank_for_part(cuts, tmp_path / "local", PREFIX, part, num_jobs=1,
+                               progress_bar=False, num_mel_bins=24)
+        pooled = {c.id: c.load_features() for c in
+                  load_cuts(tmp_path / "pooled" / cuts_filename(PREFIX, part))}
+        local = {c.id: c.load_features() for c in
+                 load_cuts(tmp_path / "local" / cuts_filename(PREFIX, part))}
+        assert sorted(pooled) == sorted(local) == sorted(c.id for c in cuts)
+        for cid, feats in local.items():
+            assert feats.shape[1] == 24
+            np.testing.assert_array_equal(pooled[cid], feats)
 
 
 def test_train_batches_have_icefall_keys_and_shapes(corpus):
@@ -278,6 +303,17 @@ def test_bpe_model_tokens_txt_and_round_trip(bpe_dir):
     ids = encode(sp, texts)
     assert all(0 not in seq and 1 not in seq for seq in ids)  # no blank, no sos/eos
     assert decode(sp, ids) == texts
+
+
+def test_encode_one_text_at_a_time_equals_sentencepieces_batch_encode(bpe_dir):
+    """encode / encode_pieces call sentencepiece once per text (its list form starts
+    threads per call); the result is its list form's, unknown characters and an empty
+    text included."""
+    sp = load_bpe_model(bpe_dir / "bpe.model")
+    texts = ["HELLO WORLD", "", "ZQX ÉTÉ HELLO", "THE LAZY DOG DON'T STOP", "FOX"]
+    assert encode(sp, texts) == sp.encode(texts, out_type=int)
+    assert encode_pieces(sp, texts) == sp.encode(texts, out_type=str)
+    assert encode(sp, []) == []
 
 
 def test_bpe_errors_name_the_file(tmp_path):

@@ -31,6 +31,7 @@ def _demo_args() -> list[str]:
     hypotheses, so that the identities below compare real outputs."""
     return ["--num-utts-a", "160", "--num-utts-b", "60", "--num-dev", "8", "--num-test", "20",
             "--vocab-size", "80", "--base-epochs", "12", "--finetune-epochs", "2",
+            "--adapter-epochs", "3",
             "--base-lr", "0.1", "--max-duration", "8", "--num-buckets", "2",
             "--adapter-dim", "8", "--model-flags", MODEL_FLAGS]
 
@@ -77,7 +78,11 @@ def test_every_stage_ran_and_left_its_artefacts(demo):
     assert (exp / "wer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for kind in ("encoder", "decoder", "joiner"):
         for suffix in (".onnx", ".int8.onnx"):
-            assert (exp / "adapter" / f"{kind}-epoch-2-avg-1{suffix}").exists()
+            assert (exp / "adapter" / f"{kind}-epoch-3-avg-1{suffix}").exists()
+    # adapters train --adapter-epochs, full fine-tuning --finetune-epochs
+    assert (exp / "full_ft" / "epoch-2.pt").exists()
+    assert not (exp / "full_ft" / "epoch-3.pt").exists()
+    assert not (exp / "adapter" / "epoch-4.pt").exists()
     for system in ("base", "adapter", "adapter_off", "full_ft", "onnx", "onnx_int8",
                    "sherpa_onnx"):
         assert list((exp / "decode" / system).glob("recogs-*.txt")), system
@@ -125,7 +130,7 @@ def test_report_identities_hold(demo):
     adapter_b = _recogs(recipe, "adapter", "B")
     assert _recogs(recipe, "onnx", "B") == adapter_b
     assert _recogs(recipe, "sherpa_onnx", "B") == adapter_b
-    model = get_model(load_checkpoint_file(recipe / "exp" / "adapter" / "epoch-2.pt")
+    model = get_model(load_checkpoint_file(recipe / "exp" / "adapter" / "epoch-3.pt")
                       ["params"]["model"])
     assert report["total_params"] == count_parameters(model).total
     assert report["trainable_params"] == sum(p.numel() for p in adapter_parameters(model)) > 0
@@ -159,21 +164,24 @@ EXTRA_SYSTEM_STAGES = ["train_lora", "decode_lora", "decode_lora_off", "train_ad
 def test_extra_systems_run_after_the_default_ones(demo):
     """`--stage 10 --extra-systems 1` after a finished run: LoRA, and the encoder+decoder+
     joiner adapters with their own width and epochs (dj_adapter_dim, dj_epochs, not the
-    default adapters' 8 and 2); both off on A decode exactly as the base model."""
+    default adapters' 8 and 3); LoRA trains the adapters' epochs; both off on A decode
+    exactly as the base model."""
     recipe, _ = demo
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
     proc = run_in_own_group(["bash", str(recipe / "run.sh"), *_demo_args(), "--stage", "10",
                              "--extra-systems", "1", "--lora-r", "1", "--dj-adapter-dim", "4",
-                             "--dj-epochs", "3"], env, 600)
+                             "--dj-epochs", "4"], env, 600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = recipe / "exp"
     seconds = [line.split("\t")[0] for line in
                (exp / "stage_seconds.tsv").read_text().splitlines()]
     assert seconds[-len(EXTRA_SYSTEM_STAGES):] == EXTRA_SYSTEM_STAGES
-    ckpt = load_checkpoint_file(exp / "adapter_dj" / "epoch-3.pt")
+    ckpt = load_checkpoint_file(exp / "adapter_dj" / "epoch-4.pt")
     assert ckpt["adapter"] == {"name": "default", "kind": "residual", "dim": 4,
                               "targets": ["encoder", "decoder", "joiner"]}
-    assert not (exp / "adapter_dj" / "epoch-4.pt").exists()
+    assert not (exp / "adapter_dj" / "epoch-5.pt").exists()
+    assert (exp / "lora" / "epoch-3.pt").exists()
+    assert not (exp / "lora" / "epoch-4.pt").exists()
     w = json.loads((exp / "report.json").read_text())["wer"]
     assert w["lora_off/A"] == w["adapter_dj_off/A"] == w["base/A"]
     base_a = _recogs(recipe, "base", "A")

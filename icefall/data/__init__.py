@@ -14,6 +14,7 @@ from icefall.data.fbank import (
     compute_fbank,
     compute_fbank_for_part,
     default_storage_type,
+    fbank_executor,
     kaldifeat_available,
     make_fbank_extractor,
 )
@@ -40,7 +41,7 @@ __all__ = [
     "STORAGE_TYPES", "AsrDataModule", "CutFilter", "FilterStats", "ManifestError",
     "check_manifest", "compute_fbank",
     "compute_fbank_for_part", "cuts_filename", "decode", "default_storage_type", "encode",
-    "encode_pieces", "filter_cuts", "is_gigaspeech_garbage",
+    "encode_pieces", "fbank_executor", "filter_cuts", "is_gigaspeech_garbage",
     "kaldifeat_available", "load_bpe_model", "load_cuts", "make_fbank_extractor",
     "mux_cuts", "normalize_cut_texts", "normalize_text", "parse_mux_weights", "read_tokens",
     "save_cuts", "train_bpe_model", "write_tokens",

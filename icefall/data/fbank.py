@@ -17,8 +17,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import multiprocessing
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -92,11 +93,31 @@ def _single_threaded_worker() -> None:
     torch.set_num_interop_threads(1)
 
 
+@contextmanager
+def fbank_executor(num_jobs: int) -> Iterator[Executor | None]:
+    """A pool of ``num_jobs`` spawned one-thread processes for :func:`compute_fbank`, shut
+    down on exit; None for one job. Give it to every part of a corpus: each new pool's
+    processes import torch and lhotse again (seconds each).
+
+    (The workers are spawned, so a script that asks for more than one job needs an ``if
+    __name__ == "__main__":`` guard.)"""
+    if num_jobs <= 1:
+        yield None
+        return
+    executor = ProcessPoolExecutor(num_jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_single_threaded_worker)
+    try:
+        yield executor
+    finally:
+        executor.shutdown()
+
+
 def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,
                   num_mel_bins: int = NUM_MEL_BINS, use_kaldifeat: bool | None = None,
                   storage_type: type[FeaturesWriter] | None = None,
                   progress_bar: bool = True, device: str | torch.device = "cpu",
-                  batch_duration: float = 600.0) -> CutSet:
+                  batch_duration: float = 600.0, executor: Executor | None = None
+                  ) -> CutSet:
     """Computes fbank features of ``cuts`` and stores them under ``storage_path``.
 
     Args:
@@ -105,6 +126,8 @@ def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,
       num_jobs: parallel processes for lhotse's Fbank (one torch thread each). They are
         spawned, so a script that asks for more than one needs an ``if __name__ ==
         "__main__":`` guard.
+      executor: a pool from :func:`fbank_executor` to compute in (left running); without
+        one, ``num_jobs`` > 1 starts a pool for this call.
       num_mel_bins: feature dimension F.
       use_kaldifeat: see :func:`make_fbank_extractor`.
       storage_type: a lhotse FeaturesWriter; default :func:`default_storage_type`.
@@ -121,17 +144,10 @@ def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,
         return cuts.compute_and_store_features_batch(
             extractor=extractor, storage_path=storage_path, batch_duration=batch_duration,
             num_workers=num_jobs, storage_type=storage_type, overwrite=True)
-    executor = None
-    if num_jobs > 1:
-        executor = ProcessPoolExecutor(num_jobs, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_single_threaded_worker)
-    try:
+    with _own_or_given(executor, num_jobs) as pool:
         with_feats = cuts.compute_and_store_features(
             extractor=extractor, storage_path=storage_path, num_jobs=num_jobs,
-            executor=executor, storage_type=storage_type, progress_bar=progress_bar)
-    finally:
-        if executor is not None:
-            executor.shutdown()
+            executor=pool, storage_type=storage_type, progress_bar=progress_bar)
     if not cuts.is_lazy and len(with_feats) < len(cuts):
         logging.warning(f"{len(cuts) - len(with_feats)} of {len(cuts)} cuts were dropped: "
                         "their audio could not be read")
@@ -154,6 +170,16 @@ def check_feature_width(manifest: Path, num_mel_bins: int) -> None:
         raise PrepareError(f"{manifest} has {width}-bin features, not the "
                            f"{num_mel_bins} asked for: remove it (and its features) to "
                            "compute them again")
+
+
+@contextmanager
+def _own_or_given(executor: Executor | None, num_jobs: int) -> Iterator[Executor | None]:
+    """``executor`` when given, else a pool of ``num_jobs`` for the duration."""
+    if executor is not None:
+        yield executor
+        return
+    with fbank_executor(num_jobs) as own:
+        yield own
 
 
 def compute_fbank_for_part(cuts: CutSet, output_dir: str | Path, prefix: str, part: str,

@@ -25,6 +25,8 @@ from lhotse.cut import Cut
 from lhotse.lazy import Dillable
 from lhotse.utils import compute_num_frames
 
+from icefall.data.tokenizer import encode_pieces
+
 FRAME_SHIFT = 0.01  # seconds, the 100 Hz frame rate of the 80-dim fbank features
 
 
@@ -95,7 +97,7 @@ class CutFilter:
         texts = [s.text for s in cut.supervisions if s.text]
         if not texts:
             return "no_text"
-        num_tokens = sum(len(p) for p in self.sp.encode(texts, out_type=str))
+        num_tokens = sum(len(p) for p in encode_pieces(self.sp, texts))
         if out_frames < num_tokens:
             logging.debug(f"Exclude cut {cut.id}: {num_frames} frames -> {out_frames} after "
                           f"subsampling, fewer than its {num_tokens} tokens")

@@ -28,20 +28,22 @@ num_dev=200
 num_test=200
 vocab_size=200
 num_jobs=2
-# model (icefall flags; a two-stack Zipformer of 2.0M parameters, with a CTC head)
-model_flags="--num-encoder-layers 2,2 --downsampling-factor 1,2 --encoder-dim 96,128
+# model (icefall flags; a two-stack Zipformer of 1.1M parameters, one layer per stack, with
+# a CTC head; two layers per stack and 40 mel bins took twice as long to train on 2 CPU
+# cores: docs/benchmarks.md, "A smaller demo model")
+model_flags="--num-encoder-layers 1,1 --downsampling-factor 1,2 --encoder-dim 96,128
   --feedforward-dim 256,384 --num-heads 4,4 --encoder-unmasked-dim 64,96
   --cnn-module-kernel 15,15 --query-head-dim 16 --value-head-dim 8 --pos-dim 32
   --decoder-dim 128 --joiner-dim 128 --use-ctc 1"
-adapter_dim=16
-# 40 mel bins (icefall's recipes take 80): the convolutional frontend, 60% of a training
-# step's time on a CPU at 80 bins, costs half; the whole run takes about 0.75x the time
-# (docs/benchmarks.md)
-feature_dim=40
+adapter_dim=32
+# 24 mel bins (icefall's recipes take 80, Kaldi's MFCC recipes 23): the cost of the
+# convolutional frontend, most of a training step on a CPU, grows with the bins
+feature_dim=24
 # training: schedules scaled to runs of a few hundred batches; small batches, and the
 # CTC loss and the simple loss's acoustic term, take the model off the LM-only plateau
 base_epochs=4
-finetune_epochs=3
+finetune_epochs=3    # full fine-tuning
+adapter_epochs=5     # adapters and LoRA
 base_lr=0.05         # base model and full fine-tuning
 adapter_lr=0.1       # adapters (zero-initialised, updates floored by --adapter-min-rms)
 max_duration=15      # seconds of audio per training batch
@@ -140,9 +142,10 @@ finetune() {
     --do-finetune 1 --finetune-ckpt "$exp_dir/${finetune_base:-base}/epoch-$base_epochs.pt" \
     --use-adapters "$2" --adapter-dim "$adapter_dim" "${@:4}"
 }
-run_stage 3 train_adapter "$exp_dir/adapter/epoch-$finetune_epochs.pt" finetune adapter 1 "$adapter_lr"
+train_adapter() { finetune_epochs=$adapter_epochs finetune adapter 1 "$adapter_lr"; }
+run_stage 3 train_adapter "$exp_dir/adapter/epoch-$adapter_epochs.pt" train_adapter
 
-epoch=$finetune_epochs
+epoch=$adapter_epochs
 run_stage 4 decode_adapter "$exp_dir/decode/adapter" \
   decode adapter zipformer_adapter/decode.py "$exp_dir/adapter" "$B_TEST" \
   --use-adapters 1 --adapter-dim "$adapter_dim"
@@ -151,6 +154,7 @@ run_stage 4 decode_adapter_off "$exp_dir/decode/adapter_off" \
   --use-adapters 0 --adapter-dim "$adapter_dim"
 
 run_stage 5 train_full_ft "$exp_dir/full_ft/epoch-$finetune_epochs.pt" finetune full_ft 0 "$base_lr"
+epoch=$finetune_epochs
 run_stage 6 decode_full_ft "$exp_dir/decode/full_ft" \
   decode full_ft zipformer_adapter/decode.py "$exp_dir/full_ft" "$A_TEST,$B_TEST" \
   --use-adapters 0
@@ -158,16 +162,16 @@ run_stage 6 decode_full_ft "$exp_dir/decode/full_ft" \
 # shellcheck disable=SC2086
 export_onnx() {
   $python "$recipes/zipformer_adapter/export-onnx.py" --exp-dir "$exp_dir/adapter" \
-    --epoch "$finetune_epochs" --avg 1 --use-averaged-model 0 \
+    --epoch "$adapter_epochs" --avg 1 --use-averaged-model 0 \
     --tokens "data/lang_bpe_$vocab_size/tokens.txt" $model_flags \
     --use-adapters 1 --adapter-dim "$adapter_dim"
 }
-run_stage 7 export_onnx "$exp_dir/adapter/encoder-epoch-$finetune_epochs-avg-1.onnx" \
+run_stage 7 export_onnx "$exp_dir/adapter/encoder-epoch-$adapter_epochs-avg-1.onnx" \
   export_onnx
 
 # onnx_decode NAME SUFFIX: WER of the exported model (fp32 or int8) on domain B
 onnx_decode() {
-  local tag="epoch-$finetune_epochs-avg-1" d="$exp_dir/adapter"
+  local tag="epoch-$adapter_epochs-avg-1" d="$exp_dir/adapter"
   $python "$recipes/zipformer_adapter/onnx_decode.py" \
     --encoder-model-filename "$d/encoder-$tag$2.onnx" \
     --decoder-model-filename "$d/decoder-$tag$2.onnx" \
@@ -181,7 +185,7 @@ run_stage 8 decode_onnx "$exp_dir/decode/onnx" onnx_decode onnx ""
 run_stage 8 decode_onnx_int8 "$exp_dir/decode/onnx_int8" onnx_decode onnx_int8 .int8
 
 sherpa_decode() {
-  local tag="epoch-$finetune_epochs-avg-1" d="$exp_dir/adapter"
+  local tag="epoch-$adapter_epochs-avg-1" d="$exp_dir/adapter"
   $python local/sherpa_onnx_decode.py --encoder "$d/encoder-$tag.onnx" \
     --decoder "$d/decoder-$tag.onnx" --joiner "$d/joiner-$tag.onnx" \
     --tokens "data/lang_bpe_$vocab_size/tokens.txt" \
@@ -193,19 +197,19 @@ sherpa_decode() {
 run_stage 9 decode_sherpa_onnx "$exp_dir/decode/sherpa_onnx" sherpa_decode
 
 # ------------------------------------------------ extra systems (--extra-systems 1)
-epoch=$finetune_epochs
+epoch=$adapter_epochs
 if [ "$extra_systems" -eq 1 ]; then
   # shellcheck disable=SC2086
   train_lora() {
     $python "$recipes/zipformer_lora/finetune.py" --exp-dir "$exp_dir/lora" $data_flags \
       --train-cuts synth_b_cuts_train.jsonl.gz --valid-cuts synth_b_cuts_dev.jsonl.gz \
-      --num-epochs "$finetune_epochs" --base-lr "$lora_lr" $train_data_flags \
+      --num-epochs "$adapter_epochs" --base-lr "$lora_lr" $train_data_flags \
       $train_flags $model_flags \
       --do-finetune 1 --finetune-ckpt "$exp_dir/base/epoch-$base_epochs.pt" \
       --use-lora 1 --lora-r "$lora_r" --adapter-targets "$lora_targets" \
       --lora-min-rms "$lora_min_rms"
   }
-  run_stage 10 train_lora "$exp_dir/lora/epoch-$finetune_epochs.pt" train_lora
+  run_stage 10 train_lora "$exp_dir/lora/epoch-$adapter_epochs.pt" train_lora
   run_stage 11 decode_lora "$exp_dir/decode/lora" \
     decode lora zipformer_lora/decode.py "$exp_dir/lora" "$B_TEST" --use-lora 1
   run_stage 11 decode_lora_off "$exp_dir/decode/lora_off" \
@@ -224,7 +228,7 @@ if [ "$extra_systems" -eq 1 ]; then
   run_stage 13 decode_adapter_dj_off "$exp_dir/decode/adapter_dj_off" \
     decode adapter_dj_off zipformer_adapter/decode.py "$exp_dir/adapter_dj" "$A_TEST" \
     --use-adapters 0
-  epoch=$finetune_epochs
+  epoch=$adapter_epochs
 
   # the adapter model on B with modified beam search, without and with biasing towards
   # the words of B's vocabulary that A's lacks
@@ -251,9 +255,10 @@ if [ "$streaming" -eq 1 ]; then
 
   # shellcheck disable=SC2086
   train_causal_adapter() {
-    finetune_base=causal_base finetune causal_adapter 1 "$adapter_lr" $causal_flags
+    finetune_base=causal_base finetune_epochs=$adapter_epochs \
+      finetune causal_adapter 1 "$adapter_lr" $causal_flags
   }
-  run_stage 17 train_causal_adapter "$exp_dir/causal_adapter/epoch-$finetune_epochs.pt" \
+  run_stage 17 train_causal_adapter "$exp_dir/causal_adapter/epoch-$adapter_epochs.pt" \
     train_causal_adapter
 
   # stream_decode NAME USE_ADAPTERS: streaming_decode.py of the causal adapter model
@@ -261,7 +266,7 @@ if [ "$streaming" -eq 1 ]; then
     local name=$1
     # shellcheck disable=SC2086
     $python "$recipes/zipformer_adapter/streaming_decode.py" \
-      --exp-dir "$exp_dir/causal_adapter" --epoch "$finetune_epochs" --avg 1 \
+      --exp-dir "$exp_dir/causal_adapter" --epoch "$adapter_epochs" --avg 1 \
       --use-averaged-model 0 $data_flags $model_flags --causal 1 \
       --chunk-size "$stream_chunk" --left-context-frames "$stream_left_context" \
       --num-decode-streams 200 --num-workers 0 --test-sets "$A_TEST,$B_TEST" \
