@@ -6,7 +6,7 @@ Usage:
   python bench/train_e2e.py --baseline HEAD~1 --rounds 3 --num-cuts 400 --write 0
 
 Runs egs/librispeech/ASR/zipformer/train.py exactly as egs/synth/ASR/run.sh's stage 1
-does (the demo's 1.1M-parameter model and flags), for one epoch over the first
+does (the demo's 2.0M-parameter model and flags), for one epoch over the first
 --num-cuts utterances of the demo's domain A, once from this working tree and once from
 a temporary git worktree of --baseline, alternating trees for --rounds rounds so that a
 slow spell of the shared machine hits both. Needs the demo's prepared corpus
@@ -40,10 +40,10 @@ from bench.report import write_section  # noqa: E402
 DEMO = ROOT / "egs" / "synth" / "ASR"
 TRAIN = Path("egs") / "librispeech" / "ASR" / "zipformer" / "train.py"
 # egs/synth/ASR/run.sh's model_flags and train_flags (stage 1), one epoch
-DEMO_FLAGS = """--num-encoder-layers 1,1 --downsampling-factor 1,2 --encoder-dim 96,128
+DEMO_FLAGS = """--num-encoder-layers 2,2 --downsampling-factor 1,2 --encoder-dim 96,128
   --feedforward-dim 256,384 --num-heads 4,4 --encoder-unmasked-dim 64,96
   --cnn-module-kernel 15,15 --query-head-dim 16 --value-head-dim 8 --pos-dim 32
-  --decoder-dim 128 --joiner-dim 128 --use-ctc 1 --feature-dim 24
+  --decoder-dim 128 --joiner-dim 128 --use-ctc 1 --feature-dim 40
   --lr-batches 500 --lr-epochs 10 --lr-warmup-batches 50 --ref-duration 0.25
   --warm-step 100 --ctc-loss-scale 0.5 --am-scale 0.2 --enable-spec-aug 0
   --enable-musan 0 --num-workers 0 --tensorboard 0 --log-interval 20
