@@ -132,7 +132,8 @@ def read_tokens(path: str | Path) -> dict[str, int]:
 
 
 # One text per call: sentencepiece encodes a list in worker threads it starts per call,
-# about 0.4 ms for one short text against 12 us for the text alone (sentencepiece 0.2).
+# about 0.4 ms for one short text against 12 us for the text alone (sentencepiece 0.2;
+# within the noise of a demo training run: docs/benchmarks.md).
 def encode(sp: spm.SentencePieceProcessor, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text (what ``train.py`` feeds the transducer loss)."""
     return [sp.encode(t, out_type=int) for t in texts]
