@@ -5,6 +5,7 @@ back through AsrDataModule."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import io
 import logging
@@ -32,6 +33,7 @@ from icefall.data import (
     CutFilter,
     ManifestError,
     compute_fbank_for_part,
+    compute_fbank_for_parts,
     cuts_filename,
     decode,
     default_storage_type,
@@ -138,16 +140,28 @@ def test_features_stored_and_manifests_named_like_icefall(corpus):
     assert storage == default_storage_type().name
 
 
-def test_parts_in_one_shared_pool_equal_features_computed_in_process(tmp_path):
-    """Two parts computed in one two-process pool (the pool outlives the first part) have
-    exactly the features of the same cuts computed in this process."""
+def test_parts_in_one_shared_pool_equal_features_computed_in_process(tmp_path,
+                                                                    monkeypatch):
+    """compute_fbank_for_parts computes two parts in one two-process pool (it outlives the
+    first part), and their features are exactly those of the same cuts computed in this
+    process."""
+    import icefall.data.fbank as fbank
+
     rng = np.random.default_rng(3)
     parts = {p: _make_cuts(tmp_path / "wav", p, 5, rng) for p in ("x", "y")}
-    with fbank_executor(2) as pool:
-        assert pool is not None
-        for part, cuts in parts.items():
-            compute_fbank_for_part(cuts, tmp_path / "pooled", PREFIX, part, num_jobs=2,
-                                   executor=pool, progress_bar=False, num_mel_bins=24)
+    pools = []
+
+    @contextlib.contextmanager
+    def counted(num_jobs):
+        with fbank_executor(num_jobs) as pool:
+            pools.append(pool)
+            yield pool
+
+    monkeypatch.setattr(fbank, "fbank_executor", counted)
+    compute_fbank_for_parts(parts.__getitem__, list(parts), tmp_path / "pooled", PREFIX,
+                            num_jobs=2, progress_bar=False, num_mel_bins=24)
+    monkeypatch.undo()
+    assert len(pools) == 1 and pools[0] is not None
     for part, cuts in parts.items():
         compute_fbank_for_part(cuts, tmp_path / "local", PREFIX, part, num_jobs=1,
                                progress_bar=False, num_mel_bins=24)

@@ -13,6 +13,7 @@ from icefall.data.fbank import (
     STORAGE_TYPES,
     compute_fbank,
     compute_fbank_for_part,
+    compute_fbank_for_parts,
     default_storage_type,
     fbank_executor,
     kaldifeat_available,
@@ -39,8 +40,8 @@ from icefall.data.tokenizer import (
 
 __all__ = [
     "STORAGE_TYPES", "AsrDataModule", "CutFilter", "FilterStats", "ManifestError",
-    "check_manifest", "compute_fbank",
-    "compute_fbank_for_part", "cuts_filename", "decode", "default_storage_type", "encode",
+    "check_manifest", "compute_fbank", "compute_fbank_for_part", "compute_fbank_for_parts",
+    "cuts_filename", "decode", "default_storage_type", "encode",
     "encode_pieces", "fbank_executor", "filter_cuts", "is_gigaspeech_garbage",
     "kaldifeat_available", "load_bpe_model", "load_cuts", "make_fbank_extractor",
     "mux_cuts", "normalize_cut_texts", "normalize_text", "parse_mux_weights", "read_tokens",

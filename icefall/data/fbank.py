@@ -19,7 +19,7 @@ import logging
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -126,14 +126,14 @@ def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,
       num_jobs: parallel processes for lhotse's Fbank (one torch thread each). They are
         spawned, so a script that asks for more than one needs an ``if __name__ ==
         "__main__":`` guard.
-      executor: a pool from :func:`fbank_executor` to compute in (left running); without
-        one, ``num_jobs`` > 1 starts a pool for this call.
       num_mel_bins: feature dimension F.
       use_kaldifeat: see :func:`make_fbank_extractor`.
       storage_type: a lhotse FeaturesWriter; default :func:`default_storage_type`.
       progress_bar: show lhotse's progress bar.
       device: kaldifeat's device.
       batch_duration: seconds of audio per kaldifeat batch.
+      executor: a pool from :func:`fbank_executor` to compute in (left running); without
+        one, ``num_jobs`` > 1 starts a pool for this call.
     Returns:
       The cuts with ``Features`` (F = ``num_mel_bins``, 100 frames per second) attached;
       cuts whose audio could not be read are dropped (logged).
@@ -144,7 +144,7 @@ def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,
         return cuts.compute_and_store_features_batch(
             extractor=extractor, storage_path=storage_path, batch_duration=batch_duration,
             num_workers=num_jobs, storage_type=storage_type, overwrite=True)
-    with _own_or_given(executor, num_jobs) as pool:
+    with nullcontext(executor) if executor is not None else fbank_executor(num_jobs) as pool:
         with_feats = cuts.compute_and_store_features(
             extractor=extractor, storage_path=storage_path, num_jobs=num_jobs,
             executor=pool, storage_type=storage_type, progress_bar=progress_bar)
@@ -170,16 +170,6 @@ def check_feature_width(manifest: Path, num_mel_bins: int) -> None:
         raise PrepareError(f"{manifest} has {width}-bin features, not the "
                            f"{num_mel_bins} asked for: remove it (and its features) to "
                            "compute them again")
-
-
-@contextmanager
-def _own_or_given(executor: Executor | None, num_jobs: int) -> Iterator[Executor | None]:
-    """``executor`` when given, else a pool of ``num_jobs`` for the duration."""
-    if executor is not None:
-        yield executor
-        return
-    with fbank_executor(num_jobs) as own:
-        yield own
 
 
 def compute_fbank_for_part(cuts: CutSet, output_dir: str | Path, prefix: str, part: str,
@@ -229,19 +219,24 @@ def compute_fbank_for_parts(make_cuts: Callable[[str], CutSet], parts: Sequence[
                             output_dir: str | Path, prefix: str, overwrite: bool = False,
                             **kwargs) -> list[Path]:
     """:func:`compute_fbank_for_part` for each of ``parts``; ``make_cuts(part)`` is called
-    only for the parts whose manifest is to be written (missing, or ``overwrite``).
+    only for the parts whose manifest is to be written (missing, or ``overwrite``). The parts
+    share one pool of ``num_jobs`` workers (``kwargs``' ``executor`` when given; its
+    processes start at the first part computed).
 
     Returns:
       The manifest of each part, in the order of ``parts``.
     """
     outputs = []
-    for part in parts:
-        manifest = Path(output_dir) / cuts_filename(prefix, part)
-        if manifest.is_file() and not overwrite:
-            check_feature_width(manifest, kwargs.get("num_mel_bins", NUM_MEL_BINS))
-            logging.info(f"{manifest} exists: skipping")
-            outputs.append(manifest)
-            continue
-        outputs.append(compute_fbank_for_part(make_cuts(part), output_dir, prefix, part,
-                                              overwrite=True, **kwargs))
+    given = kwargs.pop("executor", None)
+    with nullcontext(given) if given is not None else \
+            fbank_executor(kwargs.get("num_jobs", 1)) as pool:
+        for part in parts:
+            manifest = Path(output_dir) / cuts_filename(prefix, part)
+            if manifest.is_file() and not overwrite:
+                check_feature_width(manifest, kwargs.get("num_mel_bins", NUM_MEL_BINS))
+                logging.info(f"{manifest} exists: skipping")
+                outputs.append(manifest)
+                continue
+            outputs.append(compute_fbank_for_part(make_cuts(part), output_dir, prefix, part,
+                                                  overwrite=True, executor=pool, **kwargs))
     return outputs
