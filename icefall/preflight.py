@@ -96,8 +96,13 @@ def check_resume_data(params: Mapping[str, Any], saved: Mapping[str, Any], filen
 
 
 def check_port_free(port: int) -> None:
-    """Raises OSError naming --master-port when another process listens on it."""
+    """Raises OSError naming --master-port when another process listens on it.
+
+    SO_REUSEADDR, as the process group's own store sets it: connections of a run that
+    just ended (TIME_WAIT, about a minute) do not count, a listening socket does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as e:

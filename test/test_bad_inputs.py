@@ -324,6 +324,38 @@ def test_ddp_port_in_use_is_one_line(corpus, tmp_path):
                           f"--master-port {port} is already in use")
 
 
+def _port_left_in_time_wait() -> int:
+    """A port whose listener has closed, after the listening side closed an accepted
+    connection first: that connection stays in TIME_WAIT, as after a DDP run."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = server.accept()
+            conn.close()  # the server side closes first: its end enters TIME_WAIT
+            client.recv(1)
+    return port
+
+
+def test_port_check_passes_a_port_a_finished_run_left_in_time_wait():
+    """Back-to-back DDP runs on one --master-port: the first run's connections do not
+    make the second one fail, while a live listener still does."""
+    from icefall.preflight import check_port_free
+
+    port = _port_left_in_time_wait()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the check did before SO_REUSEADDR
+    check_port_free(port)
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", port))
+        busy.listen(1)
+        with pytest.raises(OSError, match=f"--master-port {port} is already in use"):
+            check_port_free(port)
+
+
 def test_export_on_a_full_disk_keeps_the_old_set(corpus, small_run, tmp_path, capfd,
                                                  monkeypatch):
     """The second export fails while quantising (ENOSPC): the first export's files are
