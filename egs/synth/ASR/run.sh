@@ -37,8 +37,9 @@ model_flags="--num-encoder-layers 2,2 --downsampling-factor 1,2 --encoder-dim 96
   --decoder-dim 128 --joiner-dim 128 --use-ctc 1"
 adapter_dim=16
 # 24 mel bins (icefall's recipes take 80): on a CPU the convolutional frontend is most of
-# a training step at 80 bins; at 24 its convolutions see 5 frequency positions instead of
-# 19, and the demo's stages take about 0.7x the time of 40 bins (docs/benchmarks.md)
+# a training step at 80 bins; at 24 its convolutions see 5 frequency positions after
+# subsampling (9 at 40 bins), and the demo's stages take 0.70-0.94x the time of 40 bins
+# on the two machines measured (docs/benchmarks.md)
 feature_dim=24
 # training: schedules scaled to runs of a few hundred batches; small batches, and the
 # CTC loss and the simple loss's acoustic term, take the model off the LM-only plateau
