@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kaldialign
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -241,9 +242,18 @@ def test_sherpa_onnx_onnx_pretrained_streaming_and_streaming_decode_agree(
             *(str(w) for w in wavs)])
         assert proc.returncode == 0, proc.stderr
         texts = dict(line.split(": ", 1) for line in proc.stdout.strip().splitlines())
-        want = sherpa if kind == "fp32" else {w.stem: _sherpa(files, tokens, w, enc)
-                                              for w in wavs}
-        assert {Path(p).stem: t for p, t in texts.items()} == want, kind
+        got = {Path(p).stem: t for p, t in texts.items()}
+        if kind == "fp32":
+            assert got == sherpa, kind
+            continue
+        # int8: sherpa-onnx bundles its own ONNX Runtime (1.28 beside the Python package's
+        # 1.32 here), whose integer kernels differ by version and CPU (VNNI or not): the
+        # same int8 files agree to within one word per utterance, not exactly.
+        want = {w.stem: _sherpa(files, tokens, w, enc) for w in wavs}
+        assert got.keys() == want.keys()
+        edits = {k: kaldialign.edit_distance(want[k].split(), got[k].split())["total"]
+                 for k in want}
+        assert max(edits.values()) <= 1, (edits, got, want)
     # streaming_decode.py on the same audio (features computed from it, lhotse's fbank)
     args = decode_args(corpus, causal_run, 6, *STREAM_FLAGS, sets="W=wav_cuts_test.jsonl.gz")
     args += ["--manifest-dir", str(folder), "--on-the-fly-feats", "1",
