@@ -51,6 +51,7 @@ from icefall.data import (
     train_bpe_model,
     zipformer_output_frames,
 )
+from icefall.data.manifests import load_part_cuts
 
 SR = 16000
 WORDS = ["HELLO", "WORLD", "THE", "QUICK", "BROWN", "FOX", "JUMPS", "OVER", "LAZY", "DOG",
@@ -138,6 +139,19 @@ def test_features_stored_and_manifests_named_like_icefall(corpus):
         assert feats.shape == (c.num_frames, 80) and np.isfinite(feats).all()
     storage = cuts[0].features.storage_type
     assert storage == default_storage_type().name
+
+
+def test_part_cuts_load_back_from_lhotse_named_recordings_and_supervisions(tmp_path):
+    """load_part_cuts pairs <prefix>_recordings_<part> with <prefix>_supervisions_<part>:
+    the same cuts (ids, audio, texts) as those the two manifests were written from."""
+    cuts = _make_cuts(tmp_path / "wav", "p", 4, np.random.default_rng(5))
+    recs, sups = cuts.decompose()[:2]
+    recs.to_file(tmp_path / f"{PREFIX}_recordings_dev.jsonl.gz")
+    sups.to_file(tmp_path / f"{PREFIX}_supervisions_dev.jsonl.gz")
+    loaded = load_part_cuts(tmp_path, PREFIX, "dev")
+    assert [(c.recording.sources[0].source, c.supervisions[0].text, c.duration)
+            for c in loaded] == [(c.recording.sources[0].source, c.supervisions[0].text,
+                                  c.duration) for c in cuts]
 
 
 def test_parts_in_one_shared_pool_equal_features_computed_in_process(tmp_path,

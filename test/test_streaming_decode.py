@@ -91,7 +91,7 @@ def test_streaming_decode_writes_decode_pys_reports_of_the_streamed_search(
     assert _hyps(res / f"recogs-A-greedy_search-{TAG}.txt") == _oracle(
         model, sp, corpus, "a", greedy_search_batch)
     # The streamed model decodes as its full causal forward does, and has learnt (15.25%
-    # with one thread on an AVX-512 machine, lower elsewhere; untrained: about 100%).
+    # with one thread on an AVX-512 machine, lower on the others measured).
     assert wers["A"][0][1] < 20 and abs(wers["A"][0][1] - full["A"][0][1]) <= 2.0, (wers,
                                                                                       full)
 

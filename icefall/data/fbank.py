@@ -19,7 +19,7 @@ import logging
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -144,7 +144,7 @@ def compute_fbank(cuts: CutSet, storage_path: str | Path, num_jobs: int = 1,
         return cuts.compute_and_store_features_batch(
             extractor=extractor, storage_path=storage_path, batch_duration=batch_duration,
             num_workers=num_jobs, storage_type=storage_type, overwrite=True)
-    with nullcontext(executor) if executor is not None else fbank_executor(num_jobs) as pool:
+    with _pool(executor, num_jobs) as pool:
         with_feats = cuts.compute_and_store_features(
             extractor=extractor, storage_path=storage_path, num_jobs=num_jobs,
             executor=pool, storage_type=storage_type, progress_bar=progress_bar)
@@ -170,6 +170,11 @@ def check_feature_width(manifest: Path, num_mel_bins: int) -> None:
         raise PrepareError(f"{manifest} has {width}-bin features, not the "
                            f"{num_mel_bins} asked for: remove it (and its features) to "
                            "compute them again")
+
+
+def _pool(executor: Executor | None, num_jobs: int) -> AbstractContextManager:
+    """``executor`` (left running) when given, else a pool of ``num_jobs`` for the block."""
+    return nullcontext(executor) if executor is not None else fbank_executor(num_jobs)
 
 
 def compute_fbank_for_part(cuts: CutSet, output_dir: str | Path, prefix: str, part: str,
@@ -227,9 +232,7 @@ def compute_fbank_for_parts(make_cuts: Callable[[str], CutSet], parts: Sequence[
       The manifest of each part, in the order of ``parts``.
     """
     outputs = []
-    given = kwargs.pop("executor", None)
-    with nullcontext(given) if given is not None else \
-            fbank_executor(kwargs.get("num_jobs", 1)) as pool:
+    with _pool(kwargs.pop("executor", None), kwargs.get("num_jobs", 1)) as pool:
         for part in parts:
             manifest = Path(output_dir) / cuts_filename(prefix, part)
             if manifest.is_file() and not overwrite:

@@ -33,6 +33,15 @@ def cuts_filename(prefix: str, part: str) -> str:
     return f"{prefix}_cuts_{part}{MANIFEST_SUFFIX}" if prefix else f"cuts_{part}{MANIFEST_SUFFIX}"
 
 
+def load_part_cuts(manifest_dir: str | Path, prefix: str, part: str) -> CutSet:
+    """The cuts of one part, from lhotse's ``<prefix>_recordings_<part>.jsonl.gz`` and
+    ``<prefix>_supervisions_<part>.jsonl.gz`` in ``manifest_dir``."""
+    d = Path(manifest_dir)
+    recordings = load_manifest(d / f"{prefix}_recordings_{part}{MANIFEST_SUFFIX}")
+    supervisions = load_manifest(d / f"{prefix}_supervisions_{part}{MANIFEST_SUFFIX}")
+    return CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+
+
 def feats_dirname(prefix: str, part: str) -> str:
     """``<prefix>_feats_<part>``: where the features of that manifest are stored."""
     return f"{prefix}_feats_{part}" if prefix else f"feats_{part}"

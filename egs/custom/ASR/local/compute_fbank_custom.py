@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 
-from lhotse import CutSet, load_manifest
 from lhotse.features.io import LilcomChunkyWriter, NumpyFilesWriter
 
 from icefall.cli import run_guarded
 from icefall.cli.data import add_fbank_arguments, setup_fbank_script
 from icefall.cli.flags import ArgumentParser
 from icefall.data.fbank import compute_fbank_for_part
+from icefall.data.manifests import load_part_cuts
 from icefall.data.user_prepare import PARTS, PREFIX
 
 
@@ -35,9 +35,7 @@ def main() -> None:
     setup_fbank_script()
     storage = {"train": LilcomChunkyWriter, "test": NumpyFilesWriter}
     for part in PARTS:
-        recs = load_manifest(args.manifest_dir / f"{PREFIX}_recordings_{part}.jsonl.gz")
-        sups = load_manifest(args.manifest_dir / f"{PREFIX}_supervisions_{part}.jsonl.gz")
-        cuts = CutSet.from_manifests(recordings=recs, supervisions=sups)
+        cuts = load_part_cuts(args.manifest_dir, PREFIX, part)
         cuts = cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
         # a worker process takes seconds to start: not worth it for a few utterances
         jobs = args.num_jobs if len(cuts) >= 100 else 1

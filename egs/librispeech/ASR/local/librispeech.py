@@ -30,7 +30,7 @@ from lhotse.recipes.librispeech import LIBRISPEECH, download_librispeech, prepar
 from lhotse.recipes.utils import manifests_exist
 
 from icefall.data.fbank import NUM_MEL_BINS, compute_fbank_for_parts
-from icefall.data.manifests import combine_shuffled, cuts_filename
+from icefall.data.manifests import combine_shuffled, cuts_filename, load_part_cuts
 from icefall.data.preparation import PrepareError, prepare_atomically, require_dir, try_download
 from icefall.data.tokenizer import train_bpe_model
 from icefall.files import atomic_write_text
@@ -113,10 +113,7 @@ def manifest_parts(manifest_dir: str | Path) -> list[str]:
 def part_cuts(manifest_dir: str | Path, part: str, perturb_speed: bool) -> CutSet:
     """The cuts of one part; training parts get speed-perturbed copies (factors 0.9 and
     1.1, ids ending ``_sp0.9``/``_sp1.1``) when ``perturb_speed``."""
-    manifest_dir = Path(manifest_dir)
-    recordings = load_manifest(manifest_dir / f"{PREFIX}_recordings_{part}.jsonl.gz")
-    supervisions = load_manifest(manifest_dir / f"{PREFIX}_supervisions_{part}.jsonl.gz")
-    cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+    cuts = load_part_cuts(manifest_dir, PREFIX, part)
     if perturb_speed and part.startswith("train"):
         logging.info(f"Speed perturbation of {part} with factors {SPEED_FACTORS}")
         cuts = combine(cuts, *(cuts.perturb_speed(f) for f in SPEED_FACTORS))

@@ -15,14 +15,12 @@ whose cuts already exist are skipped.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from lhotse import CutSet, load_manifest
 
 from icefall.cli import run_guarded
 from icefall.cli.data import add_fbank_arguments, setup_fbank_script
 from icefall.cli.flags import ArgumentParser
 from icefall.data.fbank import STORAGE_TYPES, compute_fbank_for_parts, fbank_executor
+from icefall.data.manifests import load_part_cuts
 
 PARTS = ("train", "dev", "test")
 
@@ -39,13 +37,6 @@ def get_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def part_cuts(manifest_dir: Path, prefix: str, part: str) -> CutSet:
-    """The cuts of one part, from its recordings and supervisions manifests."""
-    recs = load_manifest(manifest_dir / f"{prefix}_recordings_{part}.jsonl.gz")
-    sups = load_manifest(manifest_dir / f"{prefix}_supervisions_{part}.jsonl.gz")
-    return CutSet.from_manifests(recordings=recs, supervisions=sups)
-
-
 def main() -> None:
     args = get_args()
     setup_fbank_script()
@@ -53,7 +44,7 @@ def main() -> None:
         for domain in (d for d in args.domains.split(",") if d):
             prefix = f"synth_{domain}"
             compute_fbank_for_parts(
-                lambda part, prefix=prefix: part_cuts(args.manifest_dir, prefix, part), PARTS,
+                lambda part, prefix=prefix: load_part_cuts(args.manifest_dir, prefix, part), PARTS,
                 args.output_dir, prefix, num_jobs=args.num_jobs, executor=pool,
                 progress_bar=args.progress_bar, storage_type=STORAGE_TYPES[args.storage],
                 num_mel_bins=args.num_mel_bins)
